@@ -1,0 +1,129 @@
+"""`python -m runner`: validate | schema | run | score | data. Thin: heavy imports happen inside."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from runner.console import error
+from runner.errors import InfraError, UserError
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from runner.manifest import check_manifest, manifest_files
+
+    files = manifest_files([Path(p) for p in args.paths])
+    missing = [p for p in args.paths if not Path(p).exists()]
+    problems = [f"{p}: no such file or folder" for p in missing]
+    for file in files:
+        if file.exists():
+            problems += [str(p) for p in check_manifest(file)[1]]
+    for line in problems:
+        error(line)
+    if not files and not missing:
+        error("no manifest files (*.yaml, *.yml) found")
+        return 2
+    if problems:
+        return 2
+    print(f"{len(files)} manifest(s) valid")
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    if args.markdown:
+        from runner.docs import manifest_reference
+
+        sys.stdout.write(manifest_reference())
+    else:
+        from runner.manifest import json_schema
+
+        print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from runner.run import run
+
+    for manifest in args.manifests:
+        run(Path(manifest), args.storage)
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from runner.score import rescore
+
+    metrics = rescore(args.run)
+    print(json.dumps(metrics["overall"], indent=2))
+    return 0
+
+
+def _data_fetch(args: argparse.Namespace) -> int:
+    from runner.data.fetch import UNIFIEDQA_URL, fetch
+
+    fetch(args.datasets, args.splits, Path(args.to), base_url=args.base_url or UNIFIEDQA_URL)
+    return 0
+
+
+def _data_synth(args: argparse.Namespace) -> int:
+    from runner.data.synthetic import write_synthetic
+
+    for path in write_synthetic(Path(args.out), n_train=args.train, n_dev=args.dev, seed=args.seed):
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    parser = argparse.ArgumentParser(prog="python -m runner", description="Run and check qabench experiments.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    validate = commands.add_parser("validate", help="check manifests; every problem as FILE:LINE: field: message")
+    validate.add_argument("paths", nargs="+", help="manifest files or folders (searched recursively)")
+    validate.set_defaults(handler=_validate)
+
+    schema = commands.add_parser("schema", help="print the manifest JSON schema")
+    schema.add_argument("--markdown", action="store_true", help="print the field reference as Markdown")
+    schema.set_defaults(handler=_schema)
+
+    run = commands.add_parser("run", help="run manifests (skips finished runs, resumes interrupted ones)")
+    run.add_argument("manifests", nargs="+")
+    run.add_argument("--storage", help="storage URI (folder or file://); overrides output.storage; default runs/")
+    run.set_defaults(handler=_run)
+
+    score = commands.add_parser("score", help="recompute metrics.json of a stored run from its shards")
+    score.add_argument("run", help="run location, e.g. runs/<name>/<digest>")
+    score.set_defaults(handler=_score)
+
+    data = commands.add_parser("data", help="get or make UnifiedQA-format data").add_subparsers(dest="data_command", required=True)
+    fetch = data.add_parser("fetch", help="download official UnifiedQA TSVs")
+    fetch.add_argument("datasets", nargs="+")
+    fetch.add_argument("--to", required=True, help="folder; files land in <to>/<dataset>/<split>.tsv")
+    fetch.add_argument("--splits", nargs="+", default=["train", "dev"])
+    fetch.add_argument("--base-url", help="mirror of https://storage.googleapis.com/unifiedqa/data")
+    fetch.set_defaults(handler=_data_fetch)
+    synth = data.add_parser("synth", help="write the deterministic synthetic datasets")
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--train", type=int, default=400)
+    synth.add_argument("--dev", type=int, default=60)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(handler=_data_synth)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; maps user mistakes to exit 2 and infrastructure failures to exit 3."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except UserError as exc:
+        for problem in exc.problems:
+            error(f"error: {problem}")
+        return exc.exit_code
+    except InfraError as exc:
+        error(f"error: {exc}")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        error("interrupted; completed shards are kept and a rerun resumes")
+        return 130

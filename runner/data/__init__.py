@@ -1,0 +1,30 @@
+"""Question-answering data: the Example record, the UnifiedQA reader, the synthetic generator."""
+
+from runner.data.example import (
+    DATASET_FORMATS,
+    FORMATS,
+    OFFICIAL_DATASET_FORMATS,
+    SYNTHETIC_DATASET_FORMATS,
+    Example,
+    format_of,
+)
+from runner.data.fetch import UNIFIEDQA_URL, fetch
+from runner.data.synthetic import write_synthetic
+from runner.data.unifiedqa import data_hash, load_split, parse_options, read_tsv, split_path
+
+__all__ = [
+    "DATASET_FORMATS",
+    "FORMATS",
+    "OFFICIAL_DATASET_FORMATS",
+    "SYNTHETIC_DATASET_FORMATS",
+    "UNIFIEDQA_URL",
+    "Example",
+    "data_hash",
+    "fetch",
+    "format_of",
+    "load_split",
+    "parse_options",
+    "read_tsv",
+    "split_path",
+    "write_synthetic",
+]

@@ -1,0 +1,183 @@
+"""Reader of the official UnifiedQA TSV format: one `input<TAB>target` per line."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from runner.data.example import Example, format_of
+from runner.errors import DataError, Problem
+
+# UnifiedQA joins the parts of an input with the two characters backslash and n, not a newline.
+PART_SEPARATOR = "\\n"
+
+# The options part is the one that opens with "(a)"; UnifiedQA mixes "(A)" and "(a)".
+_OPTIONS_START = re.compile(r"^\(a\)", re.IGNORECASE)
+
+_READ_CHUNK = 1 << 20
+
+
+def split_path(root: Path, dataset: str, split: str) -> Path:
+    """Return where a dataset's split lives under a data root: root/<dataset>/<split>.tsv."""
+    return Path(root) / dataset / f"{split}.tsv"
+
+
+def parse_options(text: str) -> tuple[tuple[str, str], ...]:
+    """Parse `(A) x (B) y ...` into ((a, x), (b, y), ...); letters must run a, b, c, ... in order."""
+    # Searching for each next letter in turn, rather than splitting on any "(x)", keeps an option
+    # text such as "vitamin (c) tablets" in one piece unless "(c)" is really the next marker.
+    starts: list[tuple[str, int, int]] = []
+    pos = 0
+    for code in range(ord("a"), ord("z") + 1):
+        letter = chr(code)
+        match = re.compile(rf"\({letter}\)", re.IGNORECASE).search(text, pos)
+        if match is None:
+            break
+        starts.append((letter, match.start(), match.end()))
+        pos = match.end()
+    options = []
+    for i, (letter, _, end) in enumerate(starts):
+        stop = starts[i + 1][1] if i + 1 < len(starts) else len(text)
+        options.append((letter, text[end:stop].strip()))
+    return tuple(options)
+
+
+def _parse_input(text: str, fmt: str) -> tuple[list[str], tuple[tuple[str, str], ...], str, list[str]]:
+    """Split one input into (parts, options, context, problems)."""
+    parts = [part.strip() for part in text.split(PART_SEPARATOR)]
+    problems = []
+    if not parts[0]:
+        problems.append("empty question (the input starts with the \\n separator)")
+    options: tuple[tuple[str, str], ...] = ()
+    options_index = None
+    if fmt == "multiple_choice":
+        for i, part in enumerate(parts[1:], start=1):
+            if _OPTIONS_START.match(part):
+                options_index, options = i, parse_options(part)
+                break
+        if options_index is None:
+            problems.append("multiple-choice input has no options part starting with '(A)'")
+    context = "\n".join(p for i, p in enumerate(parts) if i not in (0, options_index) and p)
+    return parts, options, context, problems
+
+
+def _parse_row(text: str, fmt: str) -> tuple[tuple | None, list[str]]:
+    """Parse one line into ((input, question, options, context, target) or None, problems)."""
+    tabs = text.count("\t")
+    if not text.strip():
+        return None, ["blank line"]
+    if tabs == 0:
+        return None, ["no tab between input and target"]
+    if tabs > 1:
+        return None, [f"{tabs} tabs; expected exactly one between input and target"]
+    source, target = (field.strip() for field in text.split("\t"))
+    problems = [m for m, bad in (("empty input", not source), ("empty target", not target)) if bad]
+    if problems:
+        return None, problems
+    parts, options, context, problems = _parse_input(source, fmt)
+    if problems:
+        return None, problems
+    return ("\n".join(parts), parts[0], options, context, target), []
+
+
+def _decode_lines(data: bytes, path: Path, problems: list[Problem]) -> list[tuple[int, str | None]]:
+    """Split file bytes into (line number, text or None if undecodable), dropping trailing blanks."""
+    raw_lines = data.split(b"\n")
+    if raw_lines and raw_lines[0].startswith(b"\xef\xbb\xbf"):
+        raw_lines[0] = raw_lines[0][3:]  # a UTF-8 byte-order mark is not part of the text
+    while raw_lines and not raw_lines[-1].strip():
+        raw_lines.pop()  # the final newline and any blank lines after the last example are fine
+    lines: list[tuple[int, str | None]] = []
+    for number, raw in enumerate(raw_lines, start=1):
+        raw = raw.removesuffix(b"\r")
+        try:
+            lines.append((number, raw.decode("utf-8")))
+        except UnicodeDecodeError as exc:
+            bad = raw[exc.start : exc.start + 1].hex()
+            msg = f"not valid UTF-8 (byte 0x{bad} at column {exc.start + 1})"
+            problems.append(Problem(msg, file=str(path), line=number))
+            lines.append((number, None))
+    return lines
+
+
+def read_tsv(path: Path, dataset: str, split: str) -> list[Example]:
+    """Read one UnifiedQA TSV file; identical inputs merge into one example with all references."""
+    path = Path(path)
+    fmt = format_of(dataset)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError([Problem("data file not found", file=str(path))]) from None
+    except OSError as exc:
+        raise DataError([Problem(f"cannot read data file: {exc.strerror}", file=str(path))]) from None
+
+    problems: list[Problem] = []
+    # input text → [line, question, options, context, answers]; dicts keep first-seen order.
+    merged: dict[str, list] = {}
+    for number, text in _decode_lines(data, path, problems):
+        if text is None:
+            continue
+        parsed, messages = _parse_row(text, fmt)
+        problems.extend(Problem(m, file=str(path), line=number) for m in messages)
+        if parsed is None:
+            continue
+        key, question, options, context, target = parsed
+        if key not in merged:
+            merged[key] = [number, question, options, context, [target]]
+        elif target not in merged[key][4]:
+            merged[key][4].append(target)
+
+    if not merged and not problems:
+        problems.append(Problem("file has no examples", file=str(path)))
+    if problems:
+        raise DataError(problems)
+    return [
+        Example(
+            id=f"{dataset}/{split}/{n}",
+            dataset=dataset,
+            split=split,
+            format=fmt,
+            input=key,
+            question=question,
+            options=options,
+            context=context,
+            answers=tuple(answers),
+            line=line,
+        )
+        for n, (key, (line, question, options, context, answers)) in enumerate(merged.items())
+    ]
+
+
+def load_split(
+    root: Path, datasets: Sequence[str], split: str, limit_per_dataset: int | None = None
+) -> list[Example]:
+    """Read root/<dataset>/<split>.tsv for each dataset in order, keeping the first `limit` of each."""
+    if limit_per_dataset is not None and limit_per_dataset < 0:
+        raise ValueError(f"limit_per_dataset must be >= 0, got {limit_per_dataset}")
+    examples: list[Example] = []
+    problems: list[Problem] = []
+    # Read every dataset before raising, so one run reports every broken or missing file.
+    for dataset in datasets:
+        try:
+            rows = read_tsv(split_path(root, dataset, split), dataset, split)
+        except DataError as exc:
+            problems.extend(exc.problems)
+            continue
+        examples.extend(rows if limit_per_dataset is None else rows[:limit_per_dataset])
+    if problems:
+        raise DataError(problems)
+    return examples
+
+
+def data_hash(paths: Iterable[Path]) -> str:
+    """Return the hex sha256 of the files' bytes, in the given order, for provenance."""
+    digest = hashlib.sha256()
+    for path in paths:
+        # Prefix each file with its length so moving bytes between files changes the hash.
+        digest.update(Path(path).stat().st_size.to_bytes(8, "big"))
+        with open(path, "rb") as handle:
+            while chunk := handle.read(_READ_CHUNK):
+                digest.update(chunk)
+    return digest.hexdigest()

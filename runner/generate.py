@@ -1,0 +1,122 @@
+"""Batched generation: left padding, length-grouped batches, stop strings, per-batch timing."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from runner.data import Example
+from runner.decoding import DECODINGS, DecodingSpec
+from runner.icl import Prompt
+
+
+@dataclass(frozen=True)
+class Query:
+    """An evaluation example with its fitted prompt."""
+
+    example: Example
+    prompt: Prompt
+    input_ids: list[int]
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    """The text before the earliest stop string, and whether one was found."""
+    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def prompt_hash(text: str) -> str:
+    """sha256 of the exact prompt text, so identical prompts can be matched across runs."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def length_batches(queries: Sequence[Query], batch_size: int) -> list[list[Query]]:
+    """Batches of queries with similar prompt lengths (longest first, stable for ties)."""
+    ordered = sorted(queries, key=lambda q: -len(q.input_ids))
+    return [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+
+
+def _left_pad(batch: Sequence[Query], pad_id: int, device: str):
+    import torch
+
+    width = max(len(q.input_ids) for q in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, query in enumerate(batch):
+        ids[row, width - len(query.input_ids):] = torch.tensor(query.input_ids)
+        mask[row, width - len(query.input_ids):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _answer_tokens(new_tokens: list[int], eos_ids: set[int], pad_id: int) -> list[int]:
+    for position, token in enumerate(new_tokens):
+        if token in eos_ids:
+            return new_tokens[:position]
+    # A row that finished early (stop string) is padded while the rest of the batch runs on.
+    while new_tokens and new_tokens[-1] == pad_id:
+        new_tokens = new_tokens[:-1]
+    return new_tokens
+
+
+def generate_batch(model: Any, tokenizer: Any, batch: Sequence[Query], spec: DecodingSpec, device: str) -> list[dict]:
+    """Generate answers for one batch and return one prediction row per query."""
+    import torch
+
+    ids, mask = _left_pad(batch, tokenizer.pad_token_id, device)
+    eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None else tokenizer.eos_token_id
+    eos_ids = set(eos) if isinstance(eos, (list, tuple)) else {eos}
+    kwargs = DECODINGS.get(spec.kind).generate_kwargs(spec)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    with torch.inference_mode():
+        output = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=spec.max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=sorted(eos_ids),
+            stop_strings=[s for s in spec.stop if s] or None,
+            tokenizer=tokenizer,
+            # Settings from the model's generation_config (top_p, temperature) must not leak in.
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            **kwargs,
+        )
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    rows = []
+    for row, query in enumerate(batch):
+        new_tokens = _answer_tokens(output[row, ids.shape[1]:].tolist(), eos_ids, tokenizer.pad_token_id)
+        text = tokenizer.decode(new_tokens, skip_special_tokens=True)
+        answer, stopped = cut_at_stop(text, spec.stop)
+        example = query.example
+        rows.append(
+            {
+                "id": example.id,
+                "dataset": example.dataset,
+                "format": example.format,
+                "prompt": query.prompt.text,
+                "prompt_sha256": prompt_hash(query.prompt.text),
+                "shot_ids": list(query.prompt.shot_ids),
+                "n_shots": len(query.prompt.shot_ids),
+                "prediction": answer.strip(),
+                "raw_output": text,
+                "references": list(example.answers),
+                "options": [text for _, text in example.options],
+                "prompt_tokens": len(query.input_ids),
+                "output_tokens": len(new_tokens),
+                "stopped": stopped or len(new_tokens) < spec.max_new_tokens,
+                "batch_size": len(batch),
+                "batch_seconds": seconds,
+                "batch_output_tokens": 0,
+            }
+        )
+    generated = sum(r["output_tokens"] for r in rows)
+    for r in rows:
+        r["batch_output_tokens"] = generated
+    return rows

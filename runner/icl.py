@@ -1,0 +1,100 @@
+"""Prompts: instruction, k shots from the train split, and the query — the same for training and
+inference, so a fine-tuned model is asked exactly what it was taught to answer."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from runner.data import Example
+from runner.manifest import IclSpec
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """The exact prompt text for one query and the ids of the shots inside it."""
+
+    text: str
+    shot_ids: tuple[str, ...]
+    add_special_tokens: bool
+    """False when a chat template already wrote the BOS token into the text."""
+
+
+def render_example(example: Example, template: str) -> str:
+    """One example laid out by the manifest template, without its answer."""
+    options = " ".join(f"({letter}) {text}" for letter, text in example.options)
+    return template.format(
+        question=example.question,
+        options=f"{options}\n" if options else "",
+        context=f"{example.context}\n" if example.context else "",
+    )
+
+
+def select_shots(query: Example, pool: Sequence[Example], k: int, rng: random.Random) -> list[Example]:
+    """k training examples drawn without replacement, never the query itself or its exact question."""
+    if k == 0:
+        return []
+    eligible = [e for e in pool if e.id != query.id and e.input != query.input]
+    return rng.sample(eligible, min(k, len(eligible)))
+
+
+class PromptFormat:
+    """Turns examples into prompt and completion text for one tokenizer and ICL setup."""
+
+    def __init__(self, tokenizer: Any, spec: IclSpec):
+        self.tokenizer = tokenizer
+        self.spec = spec
+        self.chat = spec.chat_template == "auto" and bool(getattr(tokenizer, "chat_template", None))
+
+    def _body(self, query: Example, shots: Sequence[Example]) -> str:
+        blocks = [self.spec.instruction] if self.spec.instruction else []
+        blocks += [f"{render_example(s, self.spec.example_template)} {s.answers[0]}" for s in shots]
+        blocks.append(render_example(query, self.spec.example_template))
+        return "\n\n".join(blocks)
+
+    def _messages(self, body: str) -> list[dict[str, str]]:
+        return [{"role": "user", "content": body}]
+
+    def prompt(self, query: Example, shots: Sequence[Example] = ()) -> Prompt:
+        """The prompt for a query with the given shots."""
+        body = self._body(query, shots)
+        ids = tuple(s.id for s in shots)
+        if self.chat:
+            text = self.tokenizer.apply_chat_template(self._messages(body), tokenize=False, add_generation_prompt=True)
+            return Prompt(text, ids, add_special_tokens=False)
+        return Prompt(body, ids, add_special_tokens=True)
+
+    def completion(self, prompt: Prompt, answer: str) -> str:
+        """Text the model should produce after the prompt, ending the way generation stops."""
+        if not self.chat:
+            return f" {answer}{self.tokenizer.eos_token}"
+        # The template's own end-of-turn markup: render the full exchange and cut the prompt off.
+        full = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": "\x00"}, {"role": "assistant", "content": answer}], tokenize=False
+        )
+        head = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": "\x00"}], tokenize=False, add_generation_prompt=True
+        )
+        if full.startswith(head):
+            return full[len(head):]
+        return f"{answer}{self.tokenizer.eos_token}"
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        """Token ids of the prompt, with BOS exactly once."""
+        return self.tokenizer(prompt.text, add_special_tokens=prompt.add_special_tokens)["input_ids"]
+
+    def fit(self, query: Example, shots: Sequence[Example], budget: int) -> tuple[Prompt, list[int]]:
+        """Drop shots from the end until the prompt fits `budget` tokens; never drop the query."""
+        shots = list(shots)
+        while True:
+            prompt = self.prompt(query, shots)
+            ids = self.encode(prompt)
+            if len(ids) <= budget or not shots:
+                return prompt, ids
+            shots.pop()
+
+
+def shot_rng(seed: int, query: Example) -> random.Random:
+    """A generator private to one query: its shots do not depend on the order queries run in."""
+    return random.Random(f"{seed}:{query.id}")

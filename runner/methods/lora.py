@@ -1,0 +1,63 @@
+"""`lora`: low-rank adapters on a full-precision base (Hu et al. 2021), via peft."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from runner.methods import Method, register
+from runner.spec import Spec
+
+# The attention projections share these names in Gemma, Llama and Mistral.
+ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+class LoraSpec(Spec):
+    """LoRA: train rank-r updates W + (alpha/r)·BA of the target linear layers; the base stays frozen."""
+
+    kind: Literal["lora"] = "lora"
+    r: int = Field(16, ge=1, le=1024)
+    """Rank of the update matrices."""
+    alpha: float = Field(32, gt=0)
+    """Scaling numerator: the update is multiplied by alpha/r (alpha/sqrt(r) with rslora)."""
+    dropout: float = Field(0.05, ge=0, lt=1)
+    """Dropout on the adapter input during training."""
+    bias: Literal["none", "all", "lora_only"] = "none"
+    """Which biases are trained alongside the adapters."""
+    target_modules: Literal["all-linear", "attention"] | tuple[str, ...] = "all-linear"
+    """`all-linear` (every linear layer but the output head), `attention` (q/k/v/o projections),
+    or an explicit list of module names such as [q_proj, v_proj, lm_head]."""
+    rslora: bool = False
+    """Rank-stabilised scaling alpha/sqrt(r) (Kalajdzievski 2023)."""
+    dora: bool = False
+    """Weight-decomposed LoRA (Liu et al. 2024): trains magnitude and direction separately."""
+
+
+def peft_target_modules(spec: LoraSpec) -> str | list[str]:
+    """The `target_modules` value peft expects for this spec."""
+    if spec.target_modules == "all-linear":
+        return "all-linear"
+    if spec.target_modules == "attention":
+        return list(ATTENTION_MODULES)
+    return list(spec.target_modules)
+
+
+def apply(model: Any, spec: LoraSpec) -> Any:
+    """Wrap the model in a peft LoRA model with only the adapters trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=spec.r,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        bias=spec.bias,
+        target_modules=peft_target_modules(spec),
+        use_rslora=spec.rslora,
+        use_dora=spec.dora,
+    )
+    return get_peft_model(model, config)
+
+
+register("lora", Method(spec=LoraSpec, apply=apply, trains=True))

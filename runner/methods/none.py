@@ -1,0 +1,22 @@
+"""`none`: the base model as it is — the zero- and k-shot baselines."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from runner.methods import Method, register
+from runner.spec import Spec
+
+
+class NoneSpec(Spec):
+    """No adaptation: the pretrained weights are evaluated untouched and nothing is trained."""
+
+    kind: Literal["none"] = "none"
+
+
+def apply(model: Any, spec: NoneSpec) -> Any:
+    """Return the model unchanged."""
+    return model
+
+
+register("none", Method(spec=NoneSpec, apply=apply, trains=False))

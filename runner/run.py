@@ -1,0 +1,176 @@
+"""`runner run`: one manifest from data to `_SUCCESS`, idempotent and resumable.
+
+Order of writes: manifest.yaml and provenance.json first, the adapter once training ends, each
+prediction shard as it completes, metrics.json, and `_SUCCESS` last — so `_SUCCESS` present means
+everything else is complete, and anything missing is redone on the next attempt.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from runner.console import log, progress
+from runner.data import Example, data_hash, load_split
+from runner.errors import StorageError
+from runner.manifest import LoadedManifest, load_manifest, resolved_dict, run_digest
+from runner.methods import METHODS
+from runner.paths import RunKeys
+from runner.shards import completed_shards, encode_shard, read_predictions
+from runner.storage import Store, open_store
+
+TRAIN_SUMMARY = "qabench_train.json"
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How a `run` call ended."""
+
+    uri: str
+    keys: RunKeys
+    skipped: bool
+
+
+def _data_identity(loaded: LoadedManifest) -> tuple[str, dict[str, str]]:
+    files = loaded.data_files()
+    per_file = {str(f.relative_to(loaded.resolve(loaded.manifest.data.root))): data_hash([f]) for f in files}
+    return data_hash(files), per_file
+
+
+def plan(loaded: LoadedManifest, storage: str | None) -> tuple[Store, RunKeys, dict[str, str]]:
+    """The store and keys a manifest's run lives under, and the data file hashes."""
+    combined, per_file = _data_identity(loaded)
+    store = open_store(storage or loaded.manifest.output.storage)
+    return store, RunKeys(loaded.manifest.name, run_digest(loaded, combined)), per_file
+
+
+def _load_examples(loaded: LoadedManifest) -> tuple[list[Example], list[Example]]:
+    data = loaded.manifest.data
+    root = loaded.resolve(data.root)
+    evaluate = load_split(root, data.datasets, data.eval_split, data.max_eval_examples)
+    needs_train = METHODS.get(loaded.manifest.method.kind).trains or loaded.manifest.icl.shots > 0
+    train = load_split(root, data.datasets, data.train_split, data.max_train_examples) if needs_train else []
+    return evaluate, train
+
+
+def _prepare_model(loaded: LoadedManifest, store: Store, keys: RunKeys, train_examples: list[Example]):
+    """Load the base model, then apply the method and train it, or reload what was trained."""
+    import transformers
+
+    from runner.icl import PromptFormat
+    from runner.models import load_model
+    from runner.train import train
+
+    manifest = loaded.manifest
+    method = METHODS.get(manifest.method.kind)
+    log(f"loading model {manifest.model.hub or manifest.model.path or manifest.model.package}")
+    base = load_model(loaded)
+    fmt = PromptFormat(base.tokenizer, manifest.icl)
+    if not method.trains:
+        return method.apply(base.model, manifest.method), fmt, base, None
+    if store.list(keys.adapter):
+        adapter = store.local_dir(keys.adapter)
+        log("training already done; loading the saved weights")
+        summary = json.loads((adapter / TRAIN_SUMMARY).read_text())
+        return method.load_trained(base.model, adapter), fmt, base, summary
+    # Adapter initialisation draws from torch's global generator; seeding it makes it repeatable.
+    transformers.set_seed(manifest.train.seed)
+    model = method.apply(base.model, manifest.method)
+    result = train(
+        model,
+        fmt,
+        train_examples,
+        manifest.train,
+        checkpoint_dir=store.local_dir(keys.checkpoints),
+        log_path=store.local_dir(keys.prefix) / "train_log.jsonl",
+        extra_callbacks=lambda steps: method.trainer_callbacks(model, manifest.method, steps),
+        use_bf16=base.device == "cuda" and str(base.model.dtype) == "torch.bfloat16",
+    )
+    summary = {**result.__dict__, "train_examples": len(train_examples)}
+    with tempfile.TemporaryDirectory() as staging:
+        method.save_trained(model, Path(staging))
+        (Path(staging) / TRAIN_SUMMARY).write_text(json.dumps(summary, indent=2))
+        store.put_dir(keys.adapter, Path(staging))
+    log(f"trained {result.steps} steps in {result.seconds:.0f}s, final loss {result.final_loss:.4f}")
+    model.eval()
+    return model, fmt, base, summary
+
+
+def _generate_shards(loaded, model, fmt, base, store, keys, evaluate, train_pool, todo: list[int]) -> None:
+    from runner.generate import Query, generate_batch, length_batches
+    from runner.icl import select_shots, shot_rng
+
+    manifest = loaded.manifest
+    decoding, size = manifest.decoding, manifest.eval.shard_size
+    budget = base.context_length - decoding.max_new_tokens
+    total = sum(len(evaluate[i * size : (i + 1) * size]) for i in todo)
+    with progress("generating", total) as bar:
+        for index in todo:
+            queries = []
+            for example in evaluate[index * size : (index + 1) * size]:
+                shots = select_shots(example, train_pool, manifest.icl.shots, shot_rng(manifest.icl.seed, example))
+                prompt, ids = fmt.fit(example, shots, budget)
+                queries.append(Query(example, prompt, ids))
+            rows = []
+            for number, batch in enumerate(length_batches(queries, decoding.batch_size)):
+                for row in generate_batch(model, fmt.tokenizer, batch, decoding, base.device):
+                    rows.append({**row, "batch": f"{index:05d}-{number:04d}"})
+                bar.advance(len(batch))
+            store.write_bytes(keys.shard(index), encode_shard(rows))
+
+
+def _write_metrics(loaded: LoadedManifest, store: Store, keys: RunKeys, evaluate: list[Example], train_summary) -> dict[str, Any]:
+    from runner.score import compute_metrics
+
+    table = read_predictions(store, keys)
+    expected = {e.id for e in evaluate}
+    found = table.column("id").to_pylist()
+    if len(found) != len(expected) or set(found) != expected:
+        raise StorageError(f"shards under {keys.predictions} hold {len(found)} predictions, expected {len(expected)}; delete the run folder and rerun")
+    metrics = {"name": loaded.manifest.name, "digest": keys.digest, **compute_metrics(table, loaded.manifest.eval.metrics)}
+    if train_summary is not None:
+        metrics["train"] = train_summary
+    store.write_bytes(keys.metrics, json.dumps(metrics, indent=2).encode())
+    return metrics
+
+
+def run(manifest_path: Path, storage: str | None = None) -> RunOutcome:
+    """Run a manifest to completion, skipping it when `_SUCCESS` already exists."""
+    from runner import provenance
+
+    loaded = load_manifest(manifest_path)
+    manifest = loaded.manifest
+    store, keys, data_files = plan(loaded, storage)
+    location = f"{store.uri}/{keys.prefix}"
+    if store.exists(keys.success):
+        log(f"already complete, nothing to do: {location}")
+        return RunOutcome(location, keys, skipped=True)
+    log(f"run {manifest.name} → {location}")
+    store.write_bytes(keys.manifest, yaml.safe_dump(resolved_dict(manifest), sort_keys=False).encode())
+    evaluate, train_pool = _load_examples(loaded)
+    n_shards = math.ceil(len(evaluate) / manifest.eval.shard_size)
+    todo = sorted(set(range(n_shards)) - completed_shards(store, keys))
+    method = METHODS.get(manifest.method.kind)
+    summary = None
+    if todo:
+        if len(todo) < n_shards:
+            log(f"resuming: {n_shards - len(todo)} of {n_shards} shards already done")
+        model, fmt, base, summary = _prepare_model(loaded, store, keys, train_pool)
+        record = provenance.collect(base.device, base.identity, data_files, keys.digest)
+        store.write_bytes(keys.provenance, json.dumps(record, indent=2).encode())
+        _generate_shards(loaded, model, fmt, base, store, keys, evaluate, train_pool, todo)
+    elif method.trains and store.list(keys.adapter):
+        summary = json.loads(store.read_bytes(f"{keys.adapter}/{TRAIN_SUMMARY}"))
+    metrics = _write_metrics(loaded, store, keys, evaluate, summary)
+    store.write_bytes(keys.success, json.dumps({"completed_at": time.time()}).encode())
+    overall = metrics["overall"]
+    shown = ", ".join(f"{k} {v:.3f}" for k, v in overall.items() if k != "n" and v is not None)
+    log(f"done: n={overall['n']} {shown} → {location}")
+    return RunOutcome(location, keys, skipped=False)

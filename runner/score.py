@@ -1,0 +1,85 @@
+"""Scoring saved predictions into metrics.json — a CPU step that never needs the model."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Sequence
+
+import pyarrow as pa
+
+from runner.scoring import SCORERS, aggregate
+
+
+def score_rows(rows: Sequence[dict], metrics: Sequence[str]) -> list[dict[str, float | None]]:
+    """Per-example scores for each requested metric."""
+    scorers = {name: SCORERS.get(name) for name in metrics}
+    return [{name: s.score(row["prediction"], row["references"]) for name, s in scorers.items()} for row in rows]
+
+
+def _summary(scores: Sequence[dict[str, float | None]], metrics: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {"n": len(scores)}
+    for name in metrics:
+        out[name] = aggregate(SCORERS.get(name), [s[name] for s in scores])
+    return out
+
+
+def _speed(table: pa.Table) -> dict[str, Any]:
+    """Generation speed from per-batch timings: each batch counted once."""
+    rows = table.select(["batch", "batch_seconds", "output_tokens", "prompt_tokens"]).to_pylist()
+    batch_seconds = {row["batch"]: row["batch_seconds"] for row in rows}
+    seconds = sum(batch_seconds.values())
+    generated = sum(r["output_tokens"] for r in rows)
+    return {
+        "examples": len(rows),
+        "generation_seconds": seconds,
+        "generated_tokens": generated,
+        "prompt_tokens": sum(r["prompt_tokens"] for r in rows),
+        # Tokens the model produced (answers only, never the echoed prompt) per second of generate().
+        "generated_tokens_per_second": generated / seconds if seconds else None,
+        "examples_per_second": len(rows) / seconds if seconds else None,
+    }
+
+
+def compute_metrics(table: pa.Table, metrics: Sequence[str]) -> dict[str, Any]:
+    """Overall, per-dataset and per-format metrics plus generation speed."""
+    rows = table.select(["id", "dataset", "format", "prediction", "references"]).to_pylist()
+    scores = score_rows(rows, metrics)
+    by_dataset: dict[str, list] = defaultdict(list)
+    by_format: dict[str, list] = defaultdict(list)
+    for row, score in zip(rows, scores):
+        by_dataset[row["dataset"]].append(score)
+        by_format[row["format"]].append(score)
+    return {
+        "metrics": list(metrics),
+        "overall": _summary(scores, metrics),
+        "by_dataset": {k: _summary(v, metrics) for k, v in sorted(by_dataset.items())},
+        "by_format": {k: _summary(v, metrics) for k, v in sorted(by_format.items())},
+        "generation": _speed(table) if table.num_rows else {},
+    }
+
+
+def rescore(location: str) -> dict[str, Any]:
+    """Recompute metrics.json of a stored run from its shards with the current scorers."""
+    import json
+
+    import yaml
+
+    from runner.errors import UserError
+    from runner.paths import RunKeys
+    from runner.shards import read_predictions
+    from runner.storage import open_store
+
+    root, _, rest = location.rstrip("/").rpartition("/")
+    root, _, name = root.rpartition("/")
+    if not name or not rest:
+        raise UserError(f"{location!r} is not a run location like runs/<name>/<digest>")
+    store, keys = open_store(root or "."), RunKeys(name, rest)
+    if not store.exists(keys.manifest):
+        raise UserError(f"no run at {location} (no manifest.yaml)")
+    manifest = yaml.safe_load(store.read_bytes(keys.manifest))
+    previous = json.loads(store.read_bytes(keys.metrics)) if store.exists(keys.metrics) else {}
+    metrics = {"name": name, "digest": keys.digest, **compute_metrics(read_predictions(store, keys), manifest["eval"]["metrics"])}
+    if "train" in previous:
+        metrics["train"] = previous["train"]
+    store.write_bytes(keys.metrics, json.dumps(metrics, indent=2).encode())
+    return metrics

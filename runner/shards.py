@@ -1,0 +1,70 @@
+"""Prediction shards: one Parquet file per `shard_size` evaluation examples, written whole."""
+
+from __future__ import annotations
+
+import io
+from typing import Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from runner.errors import StorageError
+from runner.paths import RunKeys, shard_index
+from runner.storage import Store
+
+SHARD_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("dataset", pa.string()),
+        ("format", pa.string()),
+        ("prompt", pa.string()),
+        ("prompt_sha256", pa.string()),
+        ("shot_ids", pa.list_(pa.string())),
+        ("n_shots", pa.int32()),
+        ("prediction", pa.string()),
+        ("raw_output", pa.string()),
+        ("references", pa.list_(pa.string())),
+        ("options", pa.list_(pa.string())),
+        ("prompt_tokens", pa.int32()),
+        ("output_tokens", pa.int32()),
+        ("stopped", pa.bool_()),
+        ("batch", pa.string()),
+        ("batch_size", pa.int32()),
+        ("batch_seconds", pa.float64()),
+        ("batch_output_tokens", pa.int32()),
+    ]
+)
+
+
+def encode_shard(rows: Sequence[dict]) -> bytes:
+    """Parquet bytes of prediction rows in the fixed shard schema."""
+    table = pa.Table.from_pylist(list(rows), schema=SHARD_SCHEMA)
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
+
+
+def decode_shard(data: bytes, key: str) -> pa.Table:
+    """The table inside a shard, or StorageError if the bytes are not a readable shard."""
+    try:
+        return pq.read_table(io.BytesIO(data))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise StorageError(f"unreadable shard {key}: {exc}") from None
+
+
+def completed_shards(store: Store, keys: RunKeys) -> set[int]:
+    """Indices of shards already in storage (each written atomically, so present = complete)."""
+    found = set()
+    for key in store.list(keys.predictions):
+        index = shard_index(key.rsplit("/", 1)[-1])
+        if index is not None:
+            found.add(index)
+    return found
+
+
+def read_predictions(store: Store, keys: RunKeys) -> pa.Table:
+    """All shards of a run concatenated in shard order."""
+    tables = [decode_shard(store.read_bytes(keys.shard(i)), keys.shard(i)) for i in sorted(completed_shards(store, keys))]
+    if not tables:
+        return SHARD_SCHEMA.empty_table()
+    return pa.concat_tables(tables, promote_options="default")

@@ -1,0 +1,374 @@
+"""Tests for runner.data: the UnifiedQA reader, the synthetic generator and the fetcher."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from runner.data import (
+    DATASET_FORMATS,
+    FORMATS,
+    data_hash,
+    fetch,
+    format_of,
+    load_split,
+    parse_options,
+    read_tsv,
+    split_path,
+    write_synthetic,
+)
+from runner.errors import DataError, InfraError
+
+SEP = " \\n "  # the literal backslash-n UnifiedQA puts between input parts
+
+
+def write(root: Path, dataset: str, split: str, content: str | bytes) -> Path:
+    """Write a TSV file where load_split looks for it and return its path."""
+    path = split_path(root, dataset, split)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
+    return path
+
+
+# ---------------------------------------------------------------- reader
+
+
+def test_input_parts_split_on_literal_backslash_n_not_newline(tmp_path):
+    path = write(tmp_path, "squad1_1", "dev", "who won?" + SEP + "the reds won the cup.\tthe reds\n")
+    [ex] = read_tsv(path, "squad1_1", "dev")
+    assert ex.question == "who won?"
+    assert ex.context == "the reds won the cup."
+    assert ex.input == "who won?\nthe reds won the cup."
+    assert ex.options == ()
+    assert ex.answers == ("the reds",)
+    assert (ex.id, ex.format, ex.line) == ("squad1_1/dev/0", "extractive", 1)
+
+
+def test_mc_options_parsed_case_insensitively_with_letters_lowercased(tmp_path):
+    line = "which is warm?" + SEP + "(A) ice (b) the Sun  (C) snow\tthe sun\n"
+    [ex] = read_tsv(write(tmp_path, "arc_easy", "dev", line), "arc_easy", "dev")
+    assert ex.options == (("a", "ice"), ("b", "the Sun"), ("c", "snow"))
+    assert ex.context == ""
+    assert ex.format == "multiple_choice"
+
+
+def test_race_layout_puts_text_after_options_into_context(tmp_path):
+    line = "what did tom eat?" + SEP + "(a) fish (b) soup (c) rice (d) bread" + SEP + "tom ate soup.\tsoup\n"
+    [ex] = read_tsv(write(tmp_path, "race_string", "train", line), "race_string", "train")
+    assert ex.question == "what did tom eat?"
+    assert [letter for letter, _ in ex.options] == ["a", "b", "c", "d"]
+    assert ex.options[1] == ("b", "soup")
+    assert ex.context == "tom ate soup."
+
+
+def test_option_text_containing_a_later_letter_out_of_order_stays_whole():
+    assert parse_options("(A) vitamin (c) pills (B) water") == (("a", "vitamin (c) pills"), ("b", "water"))
+
+
+def test_narrativeqa_repeated_question_merges_into_one_example_with_all_references(tmp_path):
+    q1 = "why did he leave?" + SEP + "he left because of the flood."
+    q2 = "where did he go?" + SEP + "he went to the hills."
+    content = f"{q1}\tthe flood\n{q2}\tto the hills\n{q1}\tbecause of a flood\n{q1}\tthe flood\n"
+    examples = read_tsv(write(tmp_path, "narrativeqa", "dev", content), "narrativeqa", "dev")
+    assert [ex.id for ex in examples] == ["narrativeqa/dev/0", "narrativeqa/dev/1"]
+    assert examples[0].answers == ("the flood", "because of a flood")
+    assert examples[0].line == 1
+    assert examples[1].answers == ("to the hills",)
+
+
+def test_every_malformed_line_is_reported_at_once_with_file_and_line(tmp_path):
+    good = "is it?" + SEP + "it is.\tyes"
+    lines = [
+        good,                                   # 1 fine
+        "no tab here",                          # 2
+        "a\tb\tc",                              # 3 two tabs
+        "   \tyes",                             # 4 empty input
+        "is it?" + SEP + "it is.\t  ",          # 5 empty target
+        "",                                     # 6 blank line mid-file
+        "is it?" + SEP + "caf\xe9 ok\tyes",     # 7 latin-1 byte, see below
+        SEP.strip() + " it is.\tyes",           # 8 input starts with the separator: no question
+        good,                                   # 9 fine (merged with line 1)
+    ]
+    data = "\n".join(lines).encode("utf-8").replace("caf\xe9".encode("utf-8"), b"caf\xe9") + b"\n\n\n"
+    path = write(tmp_path, "boolq", "dev", data)
+    with pytest.raises(DataError) as info:
+        read_tsv(path, "boolq", "dev")
+    message = str(info.value)
+    for line in range(2, 9):
+        assert f"{path}:{line}:" in message
+    assert f"{path}:1:" not in message and f"{path}:9:" not in message
+    assert len(info.value.problems) == 7
+    assert "not valid UTF-8" in message and "empty target" in message and "2 tabs" in message
+
+
+def test_mc_line_without_options_part_is_reported(tmp_path):
+    path = write(tmp_path, "openbookqa", "dev", "which is warm?" + SEP + "the sun is warm.\tthe sun\n")
+    with pytest.raises(DataError, match=rf"{path}:1: .*no options part"):
+        read_tsv(path, "openbookqa", "dev")
+
+
+def test_trailing_blank_lines_and_crlf_endings_are_accepted(tmp_path):
+    content = "is it?" + SEP + "it is.\tyes\r\nis it not?" + SEP + "it is not.\tno\r\n\r\n\n"
+    examples = read_tsv(write(tmp_path, "boolq", "dev", content), "boolq", "dev")
+    assert [ex.answers for ex in examples] == [("yes",), ("no",)]
+
+
+def test_missing_split_files_are_all_named_in_one_data_error(tmp_path):
+    with pytest.raises(DataError) as info:
+        load_split(tmp_path, ["squad1_1", "boolq"], "dev")
+    assert str(split_path(tmp_path, "squad1_1", "dev")) in str(info.value)
+    assert str(split_path(tmp_path, "boolq", "dev")) in str(info.value)
+
+
+def test_load_split_keeps_dataset_order_and_limits_each_dataset(tmp_path):
+    write(tmp_path, "boolq", "dev", "".join(f"q{i}?{SEP}p{i}.\tyes\n" for i in range(5)))
+    write(tmp_path, "squad2", "dev", "".join(f"q{i}?{SEP}p{i}.\tp{i}\n" for i in range(3)))
+    examples = load_split(tmp_path, ["squad2", "boolq"], "dev", limit_per_dataset=2)
+    assert [ex.id for ex in examples] == ["squad2/dev/0", "squad2/dev/1", "boolq/dev/0", "boolq/dev/1"]
+
+
+def test_unknown_dataset_is_data_error_listing_known_datasets():
+    with pytest.raises(DataError, match="known datasets: .*narrativeqa"):
+        format_of("sqaud1_1")
+    assert len(DATASET_FORMATS) == 15 and set(DATASET_FORMATS.values()) == set(FORMATS)
+
+
+def test_data_hash_depends_on_bytes_and_order(tmp_path):
+    a, b = tmp_path / "a.tsv", tmp_path / "b.tsv"
+    a.write_bytes(b"x\ty\n")
+    b.write_bytes(b"z\tw\n")
+    assert data_hash([a, b]) == data_hash([a, b])
+    assert data_hash([a, b]) != data_hash([b, a])
+    before = data_hash([a])
+    a.write_bytes(b"x\tY\n")
+    assert data_hash([a]) != before
+
+
+# ---------------------------------------------------------------- synthetic generator
+
+
+def read_bytes_tree(paths: list[Path], root: Path) -> dict[str, bytes]:
+    """Map each path (relative to root) to its bytes."""
+    return {str(path.relative_to(root)): path.read_bytes() for path in paths}
+
+
+def test_synthetic_output_is_byte_identical_for_same_arguments(tmp_path):
+    first = write_synthetic(tmp_path / "a", n_train=50, n_dev=10, seed=3)
+    second = write_synthetic(tmp_path / "b", n_train=50, n_dev=10, seed=3)
+    assert read_bytes_tree(first, tmp_path / "a") == read_bytes_tree(second, tmp_path / "b")
+    assert len(first) == 8
+    other = write_synthetic(tmp_path / "c", n_train=50, n_dev=10, seed=4)
+    assert read_bytes_tree(other, tmp_path / "c") != read_bytes_tree(first, tmp_path / "a")
+
+
+def test_synthetic_train_does_not_change_when_n_dev_changes(tmp_path):
+    write_synthetic(tmp_path / "a", n_train=30, n_dev=5)
+    write_synthetic(tmp_path / "b", n_train=30, n_dev=9)
+    for fmt in FORMATS:
+        rel = Path(f"synthetic_{fmt}/train.tsv")
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> dict[tuple[str, str], list]:
+    """The synthetic datasets at the default sizes, read back through the UnifiedQA reader."""
+    root = tmp_path_factory.mktemp("synthetic")
+    write_synthetic(root)
+    return {
+        (fmt, split): load_split(root, [f"synthetic_{fmt}"], split)
+        for fmt in FORMATS
+        for split in ("train", "dev")
+    }
+
+
+def test_synthetic_round_trips_through_reader_with_right_format_and_counts(synthetic):
+    for (fmt, split), examples in synthetic.items():
+        assert len(examples) == (400 if split == "train" else 60)
+        assert {ex.format for ex in examples} == {fmt}
+        assert all(ex.question and ex.context and ex.answers for ex in examples)
+        # Short enough for a small model on CPU.
+        assert max(len(ex.input.split()) for ex in examples) < 60
+
+
+def test_synthetic_yes_no_labels_are_balanced(synthetic):
+    for split, n in (("train", 400), ("dev", 60)):
+        answers = [ex.answers for ex in synthetic["yes_no", split]]
+        assert answers.count(("yes",)) == answers.count(("no",)) == n // 2
+
+
+def test_synthetic_mc_targets_are_one_of_four_options(synthetic):
+    letters_of_answer = set()
+    for ex in synthetic["multiple_choice", "train"]:
+        assert [letter for letter, _ in ex.options] == ["a", "b", "c", "d"]
+        texts = [text for _, text in ex.options]
+        assert len(set(texts)) == 4 and texts.count(ex.answers[0]) == 1
+        letters_of_answer.add(ex.options[texts.index(ex.answers[0])][0])
+    assert letters_of_answer == {"a", "b", "c", "d"}
+
+
+def test_synthetic_extractive_targets_occur_verbatim_in_context(synthetic):
+    for split in ("train", "dev"):
+        for ex in synthetic["extractive", split]:
+            assert ex.answers[0] in ex.context
+
+
+def test_synthetic_abstractive_repeats_some_questions_with_two_references(synthetic):
+    examples = synthetic["abstractive", "train"]
+    multi = [ex for ex in examples if len(ex.answers) == 2]
+    assert 0.1 * len(examples) < len(multi) < 0.5 * len(examples)
+    assert all(len(set(ex.answers)) == len(ex.answers) for ex in examples)
+
+
+def test_synthetic_dev_inputs_never_equal_train_inputs(synthetic):
+    for fmt in FORMATS:
+        train = {ex.input for ex in synthetic[fmt, "train"]}
+        assert not train & {ex.input for ex in synthetic[fmt, "dev"]}
+
+
+def test_synthetic_questions_are_varied(synthetic):
+    for fmt in FORMATS:
+        openings = {" ".join(ex.question.split()[:2]) for ex in synthetic[fmt, "train"]}
+        assert len(openings) >= 5, (fmt, openings)
+
+
+# ---------------------------------------------------------------- fetch
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    """Serves fixture files, counting requests; some paths misbehave on purpose."""
+
+    requests: list[str]
+    release: threading.Event
+
+    def do_GET(self):  # noqa: N802 - the http.server API name
+        self.requests.append(self.path)
+        if self.path.startswith("/race_string/"):
+            # Promise 1000 bytes, send 10, hang up: the client must not keep the 10.
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b"0123456789")
+            self.wfile.flush()
+            return
+        if self.path.startswith("/mctest_corrected_the_separator/"):
+            self.release.wait(5)  # outlasts the client's timeout
+            return
+        if self.path.startswith("/narrativeqa/"):
+            self.send_error(503)
+            return
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    """A local HTTP server holding squad1_1 and boolq dev files; yields (base URL, request log)."""
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    remote = tmp_path / "remote"
+    write(remote, "squad1_1", "dev", "who?" + SEP + "ann ran.\tann\n")
+    write(remote, "boolq", "dev", "is it?" + SEP + "it is.\tyes\n")
+    requests: list[str] = []
+    release = threading.Event()
+    handler = type("Handler", (_Handler,), {"requests": requests, "release": release})
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(handler, directory=str(remote))
+    )
+    # A short poll interval makes shutdown() return in ~10 ms instead of the default 0.5 s.
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", requests
+    finally:
+        release.set()
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Every file under folder, temporary ones included."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def test_fetch_downloads_each_file_into_its_dataset_folder(server, tmp_path):
+    base_url, _ = server
+    to = tmp_path / "data"
+    messages: list[str] = []
+    paths = fetch(["squad1_1", "boolq"], ["dev"], to, base_url=base_url, log=messages.append)
+    assert paths == [to / "squad1_1" / "dev.tsv", to / "boolq" / "dev.tsv"]
+    assert paths[0].read_bytes() == (tmp_path / "remote/squad1_1/dev.tsv").read_bytes()
+    assert load_split(to, ["squad1_1", "boolq"], "dev")[1].answers == ("yes",)
+    assert leftovers(to) == ["boolq/dev.tsv", "squad1_1/dev.tsv"]
+    assert any(base_url in m for m in messages)
+
+
+def test_fetch_skips_files_already_present_but_returns_them(server, tmp_path):
+    base_url, requests = server
+    to = tmp_path / "data"
+    write(to, "boolq", "dev", "local\tcopy\n")
+    first = fetch(["squad1_1", "boolq"], ["dev"], to, base_url=base_url, log=lambda _: None)
+    second = fetch(["squad1_1", "boolq"], ["dev"], to, base_url=base_url, log=lambda _: None)
+    assert first == second
+    assert requests == ["/squad1_1/dev.tsv"]
+    assert (to / "boolq/dev.tsv").read_text() == "local\tcopy\n"
+
+
+def test_fetch_404_is_data_error_naming_every_missing_url(server, tmp_path):
+    base_url, _ = server
+    to = tmp_path / "data"
+    with pytest.raises(DataError) as info:
+        fetch(["squad1_1", "boolq"], ["test"], to, base_url=base_url, log=lambda _: None)
+    assert f"{base_url}/squad1_1/test.tsv" in str(info.value)
+    assert f"{base_url}/boolq/test.tsv" in str(info.value)
+    assert "404" in str(info.value)
+    assert leftovers(to) == []
+
+
+def test_fetch_unknown_dataset_is_rejected_before_any_download(server, tmp_path):
+    base_url, requests = server
+    with pytest.raises(DataError, match="unknown dataset 'squad3'"):
+        fetch(["squad1_1", "squad3"], ["dev"], tmp_path / "data", base_url=base_url, log=lambda _: None)
+    with pytest.raises(DataError, match="generated locally"):
+        fetch(["synthetic_yes_no"], ["dev"], tmp_path / "data", base_url=base_url, log=lambda _: None)
+    assert requests == []
+
+
+def test_fetch_unreachable_port_is_infra_error_naming_url(tmp_path, monkeypatch):
+    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed when the block ends, so nothing listens there
+    base_url = f"http://127.0.0.1:{port}"
+    to = tmp_path / "data"
+    with pytest.raises(InfraError) as info:
+        fetch(["squad1_1"], ["dev"], to, base_url=base_url, log=lambda _: None)
+    assert f"cannot reach {base_url}/squad1_1/dev.tsv" in str(info.value)
+    assert "offline" in str(info.value)
+    assert leftovers(to) == []
+
+
+def test_fetch_connection_cut_mid_body_leaves_no_partial_file(server, tmp_path):
+    base_url, _ = server
+    to = tmp_path / "data"
+    with pytest.raises(InfraError, match=f"{base_url}/race_string/dev.tsv"):
+        fetch(["race_string"], ["dev"], to, base_url=base_url, log=lambda _: None)
+    assert leftovers(to) == []
+
+
+def test_fetch_timeout_and_server_error_are_infra_errors(server, tmp_path):
+    base_url, _ = server
+    to = tmp_path / "data"
+    with pytest.raises(InfraError, match="timed out"):
+        fetch(["mctest_corrected_the_separator"], ["dev"], to, base_url=base_url, timeout=0.2,
+              log=lambda _: None)
+    with pytest.raises(InfraError, match="HTTP 503"):
+        fetch(["narrativeqa"], ["dev"], to, base_url=base_url, log=lambda _: None)
+    assert leftovers(to) == []
