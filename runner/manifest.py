@@ -186,7 +186,8 @@ class OutputSpec(Spec):
     """Where artifacts go. Not part of the run digest: the same run may be stored anywhere."""
 
     storage: str | None = None
-    """Storage URI (a folder or file:// URI); `--storage` on the command line wins. Default: runs/."""
+    """Storage URI (a folder or file:// URI); `--storage` on the command line wins. Default:
+    the QABENCH_STORAGE environment variable, else runs/ in the working folder."""
 
 
 def _kind_of(default: str):
@@ -371,14 +372,13 @@ def _pydantic_problems(path: Path, error: ValidationError, index: _LineIndex) ->
     return problems
 
 
-def _data_problems(loaded: LoadedManifest, index: _LineIndex) -> list[Problem]:
+def _data_problems(loaded: LoadedManifest, index: _LineIndex, shown: str) -> list[Problem]:
     """Checks that need the file system: the data root and every split file exist."""
     from runner.data import DATASET_FORMATS
 
     problems = []
     data = loaded.manifest.data
     root = loaded.resolve(data.root)
-    shown = str(loaded.path)
     if not root.is_dir():
         line, field = index.locate(("data", "root"))
         return [Problem(f"data folder {root} does not exist", shown, line, field)]
@@ -396,7 +396,7 @@ def _data_problems(loaded: LoadedManifest, index: _LineIndex) -> list[Problem]:
     return problems
 
 
-def _model_problems(loaded: LoadedManifest, index: _LineIndex) -> list[Problem]:
+def _model_problems(loaded: LoadedManifest, index: _LineIndex, shown: str) -> list[Problem]:
     model = loaded.manifest.model
     if model.path is None:
         return []
@@ -404,7 +404,7 @@ def _model_problems(loaded: LoadedManifest, index: _LineIndex) -> list[Problem]:
     if (folder / "config.json").is_file():
         return []
     line, field = index.locate(("model", "path"))
-    return [Problem(f"{folder} is not a saved model folder (no config.json)", str(loaded.path), line, field)]
+    return [Problem(f"{folder} is not a saved model folder (no config.json)", shown, line, field)]
 
 
 def check_manifest(path: Path) -> tuple[LoadedManifest | None, list[Problem]]:
@@ -425,7 +425,7 @@ def check_manifest(path: Path) -> tuple[LoadedManifest | None, list[Problem]]:
     except ValidationError as exc:
         return None, problems + _pydantic_problems(path, exc, index)
     loaded = LoadedManifest(manifest=manifest, path=path.resolve())
-    problems += _model_problems(loaded, index) + _data_problems(loaded, index)
+    problems += _model_problems(loaded, index, shown) + _data_problems(loaded, index, shown)
     return (None if problems else loaded), problems
 
 

@@ -95,12 +95,16 @@ class LocalStore:
         target = self._path(key)
         if Path(folder).resolve() == target:
             return
+        target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
             shutil.copytree(folder, staging, dirs_exist_ok=True)
+            # Move the old folder aside rather than deleting it first: a crash in between keeps one.
+            retired = target.with_name(f".{target.name}.retired-{os.getpid()}")
             if target.exists():
-                shutil.rmtree(target)
+                os.replace(target, retired)
             os.replace(staging, target)
+            shutil.rmtree(retired, ignore_errors=True)
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             raise StorageError(f"cannot write {target}: {exc.strerror}") from None
@@ -112,8 +116,8 @@ class LocalStore:
 
 
 def open_store(uri: str | None) -> Store:
-    """The store for a storage URI: a folder path or file:// URI (default `runs/`)."""
-    uri = uri or DEFAULT_STORAGE
+    """The store for a storage URI: a folder path or file:// URI (default QABENCH_STORAGE, else `runs/`)."""
+    uri = uri or os.environ.get("QABENCH_STORAGE") or DEFAULT_STORAGE
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file"):
         return LocalStore(Path(parsed.path if parsed.scheme == "file" else uri))

@@ -1,0 +1,37 @@
+"""One summary row per run, recomputed from its predictions so every number traces to them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from analysis.load import CompletedRun
+from runner.score import compute_metrics
+
+
+def model_label(model: dict[str, Any]) -> str:
+    """A short name for the model block of a resolved manifest."""
+    if model.get("hub"):
+        return model["hub"] + (f"@{model['revision']}" if model.get("revision") else "")
+    if model.get("package"):
+        return model["package"]
+    return str(model.get("path", "?")).rstrip("/").rsplit("/", 1)[-1]
+
+
+def summarize(run: CompletedRun) -> dict[str, Any]:
+    """The run's identity columns and its overall metrics."""
+    manifest = run.manifest
+    metrics = compute_metrics(run.predictions, manifest["eval"]["metrics"])
+    speed = metrics["generation"]
+    row: dict[str, Any] = {
+        "run": run.keys.name,
+        "digest": run.keys.digest,
+        "model": model_label(manifest["model"]),
+        "method": manifest["method"]["kind"],
+        "shots": manifest["icl"]["shots"],
+        "decoding": manifest["decoding"]["kind"],
+        "n": metrics["overall"]["n"],
+    }
+    for name in manifest["eval"]["metrics"]:
+        row[name] = metrics["overall"][name]
+    row["generated_tokens_per_second"] = speed.get("generated_tokens_per_second")
+    return row

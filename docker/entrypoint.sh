@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Container entrypoint: validate the manifest(s) first (exit 2 on a user mistake, before any
+# model download), then run them. Arguments after the manifests go to `runner run`.
+set -euo pipefail
+if [ "$#" -eq 0 ]; then
+  echo "usage: IMAGE MANIFEST.yaml... [--storage URI]" >&2
+  exit 2
+fi
+manifests=()
+for arg in "$@"; do
+  case "$arg" in --*) break ;; *) manifests+=("$arg") ;; esac
+done
+python -m runner validate "${manifests[@]}"
+exec python -m runner run "$@"

@@ -1,0 +1,69 @@
+"""Shared fixtures: small synthetic data, tiny saved models and manifests that use them."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+SYNTHETIC = ["synthetic_yes_no", "synthetic_multiple_choice", "synthetic_extractive", "synthetic_abstractive"]
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory) -> Path:
+    """Synthetic UnifiedQA-format data: 40 train and 6 dev examples per dataset."""
+    from runner.data.synthetic import write_synthetic
+
+    root = tmp_path_factory.mktemp("data")
+    write_synthetic(root, n_train=40, n_dev=6, seed=1)
+    return root
+
+
+def _corpus(root: Path) -> list[str]:
+    return [line.replace("\\n", "\n") for file in sorted(root.rglob("*.tsv")) for line in file.read_text().splitlines()]
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory, small_data) -> dict[str, Path]:
+    """Saved tiny random Llama, Gemma and Mistral models sharing one locally trained tokenizer."""
+    from tiny_models import save_tiny_model
+
+    root = tmp_path_factory.mktemp("models")
+    corpus = _corpus(small_data)
+    return {family: save_tiny_model(root / family, family, corpus) for family in ("llama", "gemma", "mistral")}
+
+
+def write_manifest(folder: Path, name: str, **sections) -> Path:
+    """Write a manifest YAML file named after the run and return its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, **sections}, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def tiny_manifest(tmp_path, small_data, tiny_models):
+    """Factory for manifests that run a tiny model on the small synthetic data."""
+
+    def make(name: str, family: str = "llama", method: dict | None = None, **overrides) -> Path:
+        sections = {
+            "model": {"path": str(tiny_models[family])},
+            "data": {"root": str(small_data), "datasets": SYNTHETIC},
+            "method": method or {"kind": "none"},
+            "train": {"steps": 4, "batch_size": 4, "learning_rate": 1e-3, "save_steps": 2, "logging_steps": 1},
+            "decoding": {"kind": "greedy", "max_new_tokens": 6, "batch_size": 4},
+            "eval": {"shard_size": 5},
+        }
+        sections.update(overrides)
+        return write_manifest(tmp_path / "manifests", name, **sections)
+
+    return make

@@ -1,0 +1,145 @@
+"""A tiny model runs a manifest through train → shards → metrics → report; reruns are no-ops."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from analysis.cli import main as analysis_main
+from runner.cli import main
+from runner.manifest import load_manifest
+from runner.paths import RunKeys
+from runner.run import plan
+
+LORA = {"kind": "lora", "r": 4, "alpha": 8, "target_modules": "attention"}
+
+
+def _run_folder(manifest: Path, storage: Path) -> Path:
+    _, keys, _ = plan(load_manifest(manifest), str(storage))
+    return storage / keys.prefix
+
+
+def _mtimes(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+def test_lora_manifest_runs_end_to_end_and_rerun_is_a_no_op(tiny_manifest, tmp_path, capsys):
+    manifest = tiny_manifest("e2e-lora", method=LORA)
+    storage = tmp_path / "runs"
+    assert main(["run", str(manifest), "--storage", str(storage)]) == 0
+    run = _run_folder(manifest, storage)
+
+    for name in ("manifest.yaml", "provenance.json", "train_log.jsonl", "metrics.json", "_SUCCESS"):
+        assert (run / name).is_file(), name
+    assert (run / "adapter" / "adapter_config.json").is_file()
+    assert any((run / "checkpoints").glob("checkpoint-*"))
+    shards = sorted((run / "predictions").glob("shard-*.parquet"))
+    assert [s.name for s in shards] == [f"shard-{i:05d}.parquet" for i in range(5)]  # 24 examples / 5 per shard
+
+    table = pq.read_table(shards[0])
+    assert table.num_rows == 5
+    row = table.to_pylist()[0]
+    assert row["prompt"].rstrip().endswith("Answer:") and row["prompt_tokens"] > 0
+    assert row["references"] and row["output_tokens"] <= 6
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["overall"]["n"] == 24
+    assert set(metrics["by_format"]) == {"yes_no", "multiple_choice", "extractive", "abstractive"}
+    assert metrics["train"]["steps"] == 4 and 0 < metrics["train"]["trainable_parameters"] < metrics["train"]["total_parameters"]
+    provenance = json.loads((run / "provenance.json").read_text())
+    assert provenance["model"]["folder_sha256"] and provenance["packages"]["transformers"]
+    assert len(provenance["data"]) == 8  # train and dev of four datasets
+
+    before = _mtimes(run)
+    capsys.readouterr()
+    assert main(["run", str(manifest), "--storage", str(storage)]) == 0
+    assert "already complete" in capsys.readouterr().out
+    assert _mtimes(run) == before
+
+    out = tmp_path / "report"
+    assert analysis_main(["report", str(storage), "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "| lora |" in report and "e2e-lora" in report
+    csv_lines = (out / "results.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("model,method,shots,decoding,n,exact_match,f1") and len(csv_lines) == 2
+    assert f",{metrics['overall']['exact_match']}," in csv_lines[1] or metrics["overall"]["exact_match"] == 0.0
+
+
+def test_interrupted_run_resumes_from_its_last_complete_shard(tiny_manifest, tmp_path):
+    manifest = tiny_manifest("resume", method=LORA)
+    storage = tmp_path / "runs"
+    assert main(["run", str(manifest), "--storage", str(storage)]) == 0
+    run = _run_folder(manifest, storage)
+    expected = (run / "metrics.json").read_text()
+    # Simulate a run killed while generating shard 3: later shards, metrics and _SUCCESS never written.
+    for name in ("predictions/shard-00003.parquet", "predictions/shard-00004.parquet", "metrics.json", "_SUCCESS"):
+        (run / name).unlink()
+    kept = {p: p.stat().st_mtime_ns for p in (run / "predictions").glob("*.parquet")}
+    adapter = (run / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
+
+    assert main(["run", str(manifest), "--storage", str(storage)]) == 0
+    assert (run / "_SUCCESS").is_file()
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items()), "complete shards are not regenerated"
+    assert (run / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == adapter, "training is not redone"
+    resumed = json.loads((run / "metrics.json").read_text())
+    original = json.loads(expected)
+    assert resumed["overall"] == original["overall"], "resumed predictions equal uninterrupted ones (greedy)"
+
+
+@pytest.mark.parametrize("family", ["gemma", "mistral"])
+def test_each_tiny_architecture_runs_zero_shot(tiny_manifest, tmp_path, family):
+    manifest = tiny_manifest(f"zero-shot-{family}", family=family)
+    storage = tmp_path / "runs"
+    assert main(["run", str(manifest), "--storage", str(storage)]) == 0
+    run = _run_folder(manifest, storage)
+    assert json.loads((run / "metrics.json").read_text())["overall"]["n"] == 24
+    assert not (run / "adapter").exists(), "method none trains nothing"
+
+
+def test_bad_manifest_exits_2_and_leaves_earlier_runs_untouched(tiny_manifest, tmp_path, capsys):
+    storage = tmp_path / "runs"
+    good = tiny_manifest("good")
+    assert main(["run", str(good), "--storage", str(storage)]) == 0
+    before = _mtimes(storage)
+    bad = tiny_manifest("good", method={"kind": "lora", "r": -1})
+    capsys.readouterr()
+    assert main(["run", str(bad), "--storage", str(storage)]) == 2
+    err = capsys.readouterr().err
+    assert "method.r" in err and "Traceback" not in err
+    assert _mtimes(storage) == before
+
+
+def test_malformed_data_line_exits_2_with_file_and_line(tiny_manifest, tmp_path, small_data, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(small_data, data)
+    dev = data / "synthetic_yes_no" / "dev.tsv"
+    lines = dev.read_text().splitlines()
+    lines[2] = lines[2].replace("\t", " ")
+    dev.write_text("\n".join(lines) + "\n")
+    manifest = tiny_manifest("bad-data", data={"root": str(data), "datasets": ["synthetic_yes_no"]})
+    capsys.readouterr()
+    assert main(["run", str(manifest), "--storage", str(tmp_path / "runs")]) == 2
+    assert f"{dev}:3:" in capsys.readouterr().err
+    assert not list((tmp_path / "runs").rglob("_SUCCESS"))
+
+
+def test_unsupported_storage_uri_is_a_user_error(tiny_manifest, capsys):
+    assert main(["run", str(tiny_manifest("storage")), "--storage", "ftp://host/x"]) == 2
+    assert "unsupported storage URI" in capsys.readouterr().err
+
+
+def test_rescoring_rewrites_metrics_from_shards_without_a_model(tiny_manifest, tmp_path):
+    manifest = tiny_manifest("rescore")
+    storage = tmp_path / "runs"
+    assert main(["run", str(manifest), "--storage", str(storage)]) == 0
+    run = _run_folder(manifest, storage)
+    original = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text("{}")
+    assert main(["score", str(run)]) == 0
+    assert json.loads((run / "metrics.json").read_text())["overall"] == original["overall"]

@@ -1,0 +1,95 @@
+"""Manifest validation: every mistake reported at its line, at once, without a traceback."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from runner.cli import main
+from runner.manifest import load_manifest, run_digest
+
+BAD = REPO / "tests" / "bad_manifests"
+EXPECT = re.compile(rb"^# expect: (\d+) \| ([^|]*) \| (.+)$", re.M)
+
+
+def _expectations(path: Path) -> list[tuple[int, str, str]]:
+    return [(int(line), field.strip().decode(), text.strip().decode()) for line, field, text in EXPECT.findall(path.read_bytes())]
+
+
+def test_shipped_manifests_are_valid(capsys):
+    assert main(["validate", str(REPO / "manifests")]) == 0
+
+
+def test_bad_manifest_folder_covers_at_least_twelve_kinds_of_mistake():
+    files = sorted(BAD.glob("*.yaml"))
+    assert len(files) >= 12
+    assert all(_expectations(f) for f in files), "every bad manifest states what it expects"
+
+
+def test_every_bad_manifest_problem_is_reported_at_its_line_without_traceback():
+    result = subprocess.run(
+        [sys.executable, "-m", "runner", "validate", "tests/bad_manifests"], cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.splitlines()
+    for file in sorted(BAD.glob("*.yaml")):
+        shown = f"tests/bad_manifests/{file.name}"
+        for line, field, text in _expectations(file):
+            prefix = f"{shown}:{line}: " + (f"{field}: " if field else "")
+            assert any(l.startswith(prefix) and text in l for l in lines), f"missing {prefix}…{text}\n" + result.stderr
+
+
+def test_validation_does_not_import_torch():
+    code = (
+        "import sys; from runner.cli import main; rc = main(['validate', 'manifests']);"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'; sys.exit(rc)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_validate_reports_a_missing_path_and_exits_2(capsys):
+    assert main(["validate", "no/such/manifest.yaml"]) == 2
+    assert "no/such/manifest.yaml: no such file or folder" in capsys.readouterr().err
+
+
+def test_manifest_reference_is_generated_from_the_schema():
+    result = subprocess.run([sys.executable, "-m", "runner", "schema", "--markdown"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0
+    assert (REPO / "manifests" / "README.md").read_text() == result.stdout, "run `just docs`"
+    for field in ("learning_rate", "max_new_tokens", "batch_size", "target_modules", "shard_size", "package"):
+        assert f"`{field}`" in result.stdout
+
+
+def test_json_schema_lists_every_registered_method():
+    import json
+
+    result = subprocess.run([sys.executable, "-m", "runner", "schema"], cwd=REPO, capture_output=True, text=True)
+    schema = json.loads(result.stdout)
+    assert {"LoraSpec", "NoneSpec", "GreedySpec"} <= set(schema["$defs"])
+
+
+def test_manifest_is_frozen(tiny_manifest):
+    manifest = load_manifest(tiny_manifest("frozen")).manifest
+    with pytest.raises(Exception):
+        manifest.name = "other"  # type: ignore[misc]
+
+
+def test_digest_ignores_output_and_description_but_not_settings(tiny_manifest):
+    base = load_manifest(tiny_manifest("digest"))
+    moved = load_manifest(tiny_manifest("digest", output={"storage": "/elsewhere"}, description="notes"))
+    changed = load_manifest(tiny_manifest("digest", decoding={"kind": "greedy", "max_new_tokens": 7}))
+    assert run_digest(base, "d") == run_digest(moved, "d")
+    assert run_digest(base, "d") != run_digest(changed, "d")
+    assert run_digest(base, "d") != run_digest(base, "other-data")
+
+
+def test_decoding_kind_defaults_to_greedy(tiny_manifest):
+    manifest = load_manifest(tiny_manifest("default-decoding", decoding={"max_new_tokens": 5})).manifest
+    assert manifest.decoding.kind == "greedy" and manifest.decoding.max_new_tokens == 5
