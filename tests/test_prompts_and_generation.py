@@ -1,0 +1,93 @@
+"""Prompts are built the same way for training and inference; batching does not change answers."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from runner.data import load_split
+from runner.decoding.greedy import GreedySpec
+from runner.generate import Query, cut_at_stop, generate_batch, length_batches
+from runner.icl import PromptFormat, select_shots, shot_rng
+from runner.manifest import IclSpec
+from runner.models import load_tokenizer
+from runner.train import tokenize_for_training
+from conftest import SYNTHETIC
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_models):
+    return load_tokenizer(str(tiny_models["llama"]))
+
+
+def test_shots_come_from_the_pool_and_never_repeat_the_query(small_data):
+    train = load_split(small_data, SYNTHETIC, "train")
+    query = train[3]
+    for seed in range(20):
+        shots = select_shots(query, train, 5, shot_rng(seed, query))
+        assert len(shots) == 5 and query not in shots and all(s.input != query.input for s in shots)
+        assert all(s.split == "train" for s in shots)
+    assert select_shots(query, train, 3, shot_rng(1, query)) == select_shots(query, train, 3, shot_rng(1, query))
+
+
+def test_fit_drops_shots_but_never_the_query(small_data, tokenizer):
+    train = load_split(small_data, SYNTHETIC, "train")
+    fmt = PromptFormat(tokenizer, IclSpec(shots=8))
+    query = load_split(small_data, SYNTHETIC, "dev")[0]
+    shots = select_shots(query, train, 8, random.Random(0))
+    full = fmt.encode(fmt.prompt(query, shots))
+    prompt, ids = fmt.fit(query, shots, budget=len(full) // 2)
+    assert len(ids) <= len(full) // 2 and 0 < len(prompt.shot_ids) < 8
+    assert prompt.text.endswith(fmt.prompt(query).text.split("\n\n")[-1])
+
+
+def test_training_masks_the_prompt_and_keeps_the_whole_answer(small_data, tokenizer):
+    examples = load_split(small_data, ["synthetic_extractive"], "train", 3)
+    fmt = PromptFormat(tokenizer, IclSpec())
+    columns = tokenize_for_training(examples, fmt, max_length=24)
+    for example, ids, mask in zip(examples, columns["input_ids"], columns["completion_mask"]):
+        assert len(ids) == len(mask) <= 24
+        answer = tokenizer.decode([t for t, m in zip(ids, mask) if m])
+        assert answer == f" {example.answers[0]}{tokenizer.eos_token}"
+        prompt_ids = fmt.encode(fmt.prompt(example))
+        assert ids[: mask.index(1)] == prompt_ids[len(prompt_ids) - mask.index(1):], "prompt tail as inference sees it"
+
+
+def test_chat_template_wraps_prompt_and_completion_ends_the_turn(small_data, tiny_models):
+    tokenizer = load_tokenizer(str(tiny_models["llama"]))
+    tokenizer.chat_template = (
+        "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
+    fmt = PromptFormat(tokenizer, IclSpec())
+    example = load_split(small_data, ["synthetic_yes_no"], "dev", 1)[0]
+    prompt = fmt.prompt(example)
+    assert prompt.text.startswith("<s><|user|>") and prompt.text.endswith("<|assistant|>")
+    assert not prompt.add_special_tokens and fmt.encode(prompt).count(tokenizer.bos_token_id) == 1
+    assert fmt.completion(prompt, "yes") == "yes<|end|>"
+    assert not PromptFormat(tokenizer, IclSpec(chat_template="never")).chat
+
+
+def test_cut_at_stop_uses_the_earliest_stop_string():
+    assert cut_at_stop("paris\nQuestion: x", ["\n", "Question"]) == ("paris", True)
+    assert cut_at_stop("paris", ["\n"]) == ("paris", False)
+
+
+def test_greedy_answers_do_not_depend_on_batch_size_in_float32(small_data, tiny_models):
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(str(tiny_models["llama"]))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_models["llama"]), dtype="float32").eval()
+    fmt = PromptFormat(tokenizer, IclSpec())
+    queries = []
+    for example in load_split(small_data, SYNTHETIC, "dev", 3):
+        prompt = fmt.prompt(example)
+        queries.append(Query(example, prompt, fmt.encode(prompt)))
+    spec = GreedySpec(max_new_tokens=8, stop=())
+    answers = {}
+    for batch_size in (1, 5, 12):
+        rows = [r for b in length_batches(queries, batch_size) for r in generate_batch(model, tokenizer, b, spec, "cpu")]
+        answers[batch_size] = {r["id"]: r["raw_output"] for r in rows}
+    assert answers[1] == answers[5] == answers[12]
+    assert len({len(q.input_ids) for q in queries}) > 1, "batches really mix prompt lengths (padding exercised)"
