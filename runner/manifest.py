@@ -425,6 +425,9 @@ def check_manifest(path: Path) -> tuple[LoadedManifest | None, list[Problem]]:
     except ValidationError as exc:
         return None, problems + _pydantic_problems(path, exc, index)
     loaded = LoadedManifest(manifest=manifest, path=path.resolve())
+    for loc, message in METHODS.get(manifest.method.kind).cross_checks(manifest):
+        line, field = index.locate(loc)
+        problems.append(Problem(message, shown, line, field))
     problems += _model_problems(loaded, index, shown) + _data_problems(loaded, index, shown)
     return (None if problems else loaded), problems
 

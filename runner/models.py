@@ -173,18 +173,29 @@ def load_model(loaded: LoadedManifest) -> LoadedModel:
     """Load the manifest's model and tokenizer onto the best device."""
     from transformers import AutoModelForCausalLM
 
+    from runner.methods import METHODS
+
     spec = loaded.manifest.model
     name, kwargs, identity = locate_model(loaded)
     device = pick_device()
+    method_kwargs = METHODS.get(loaded.manifest.method.kind).load_kwargs(loaded.manifest.method, device)
+    if "quantization_config" in method_kwargs:
+        # Quantized weights are placed while loading; they cannot be moved afterwards.
+        method_kwargs = {"device_map": {"": device}, **method_kwargs}
     try:
         tokenizer = load_tokenizer(name, spec.trust_remote_code, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(
-            name, dtype=torch_dtype(spec.dtype, device), trust_remote_code=spec.trust_remote_code, **kwargs
+            name,
+            dtype=torch_dtype(spec.dtype, device),
+            trust_remote_code=spec.trust_remote_code,
+            **kwargs,
+            **method_kwargs,
         )
     except OSError as exc:
         if spec.hub is not None:
             raise InfraError(f"cannot load {spec.hub!r} from the hub: {str(exc).splitlines()[0]}") from None
         raise UserError(f"cannot load model {name}: {str(exc).splitlines()[0]}") from None
-    model.to(device)
+    if "device_map" not in method_kwargs:
+        model.to(device)
     context = getattr(model.config, "max_position_embeddings", None) or 2048
     return LoadedModel(model=model, tokenizer=tokenizer, identity=identity, device=device, context_length=int(context))

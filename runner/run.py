@@ -65,24 +65,27 @@ def _prepare_model(loaded: LoadedManifest, store: Store, keys: RunKeys, train_ex
     import transformers
 
     from runner.icl import PromptFormat
+    from runner.methods import MethodContext
     from runner.models import load_model
-    from runner.train import train
+    from runner.train import planned_steps, train
 
     manifest = loaded.manifest
     method = METHODS.get(manifest.method.kind)
     log(f"loading model {manifest.model.hub or manifest.model.path or manifest.model.package}")
     base = load_model(loaded)
     fmt = PromptFormat(base.tokenizer, manifest.icl)
+    steps = planned_steps(manifest.train, len(train_examples)) if method.trains else 0
+    context = MethodContext(total_steps=steps, model_type=base.model.config.model_type, tokenizer=base.tokenizer, device=base.device)
     if not method.trains:
-        return method.apply(base.model, manifest.method), fmt, base, None
+        return method.apply(base.model, manifest.method, context), fmt, base, None
     if store.list(keys.adapter):
         adapter = store.local_dir(keys.adapter)
         log("training already done; loading the saved weights")
         summary = json.loads((adapter / TRAIN_SUMMARY).read_text())
-        return method.load_trained(base.model, adapter), fmt, base, summary
+        return method.load_trained(base.model, adapter, manifest.method), fmt, base, summary
     # Adapter initialisation draws from torch's global generator; seeding it makes it repeatable.
     transformers.set_seed(manifest.train.seed)
-    model = method.apply(base.model, manifest.method)
+    model = method.apply(base.model, manifest.method, context)
     result = train(
         model,
         fmt,
@@ -134,7 +137,13 @@ def _write_metrics(loaded: LoadedManifest, store: Store, keys: RunKeys, evaluate
     found = table.column("id").to_pylist()
     if len(found) != len(expected) or set(found) != expected:
         raise StorageError(f"shards under {keys.predictions} hold {len(found)} predictions, expected {len(expected)}; delete the run folder and rerun")
-    metrics = {"name": loaded.manifest.name, "digest": keys.digest, **compute_metrics(table, loaded.manifest.eval.metrics)}
+    method = METHODS.get(loaded.manifest.method.kind)
+    metrics = {
+        "name": loaded.manifest.name,
+        "digest": keys.digest,
+        "method": {"kind": loaded.manifest.method.kind, **method.record(loaded.manifest.method)},
+        **compute_metrics(table, loaded.manifest.eval.metrics),
+    }
     if train_summary is not None:
         metrics["train"] = train_summary
     store.write_bytes(keys.metrics, json.dumps(metrics, indent=2).encode())

@@ -79,7 +79,9 @@ def rescore(location: str) -> dict[str, Any]:
     manifest = yaml.safe_load(store.read_bytes(keys.manifest))
     previous = json.loads(store.read_bytes(keys.metrics)) if store.exists(keys.metrics) else {}
     metrics = {"name": name, "digest": keys.digest, **compute_metrics(read_predictions(store, keys), manifest["eval"]["metrics"])}
-    if "train" in previous:
-        metrics["train"] = previous["train"]
+    # Facts from training and the method are not recomputable from shards; carry them over.
+    for kept in ("method", "train"):
+        if kept in previous:
+            metrics[kept] = previous[kept]
     store.write_bytes(keys.metrics, json.dumps(metrics, indent=2).encode())
     return metrics

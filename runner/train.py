@@ -7,6 +7,7 @@ Examples are tokenized here, with the prompt format inference uses, into `input_
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,14 @@ def tokenize_for_training(examples: Sequence[Example], fmt: PromptFormat, max_le
         input_ids.append(prompt_ids + answer_ids)
         completion_mask.append([0] * len(prompt_ids) + [1] * len(answer_ids))
     return {"input_ids": input_ids, "completion_mask": completion_mask}
+
+
+def planned_steps(spec: TrainSpec, n_examples: int) -> int:
+    """Optimizer steps training will run: `steps`, or epochs × examples / effective batch."""
+    if spec.max_steps > 0:
+        return spec.max_steps
+    per_step = spec.batch_size * spec.gradient_accumulation_steps
+    return max(1, math.ceil(n_examples * spec.epochs / per_step))
 
 
 def count_parameters(model: Any) -> tuple[int, int]:
@@ -120,8 +129,7 @@ def train(
     _score_answer_positions_only_on_cpu()
     columns = tokenize_for_training(examples, fmt, spec.max_seq_length)
     dataset = Dataset.from_dict(columns)
-    per_step = spec.batch_size * spec.gradient_accumulation_steps
-    steps = spec.max_steps if spec.max_steps > 0 else int(-(-len(examples) * spec.epochs // per_step))
+    steps = planned_steps(spec, len(examples))
     config = SFTConfig(
         output_dir=str(checkpoint_dir),
         max_steps=spec.max_steps,

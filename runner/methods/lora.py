@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from runner.methods import Method, register
+from runner.methods import Method, MethodContext, register, require_modules
 from runner.spec import Spec
 
 # The attention projections share these names in Gemma, Llama and Mistral.
@@ -43,21 +43,30 @@ def peft_target_modules(spec: LoraSpec) -> str | list[str]:
     return list(spec.target_modules)
 
 
-def apply(model: Any, spec: LoraSpec) -> Any:
-    """Wrap the model in a peft LoRA model with only the adapters trainable."""
-    from peft import LoraConfig, get_peft_model
+def lora_config(spec: LoraSpec, model: Any):
+    """The peft LoraConfig for this spec, after checking explicit target names exist in the model."""
+    from peft import LoraConfig
 
-    config = LoraConfig(
+    targets = peft_target_modules(spec)
+    if targets != "all-linear":
+        require_modules(model, targets, "method.target_modules")
+    return LoraConfig(
         task_type="CAUSAL_LM",
         r=spec.r,
         lora_alpha=spec.alpha,
         lora_dropout=spec.dropout,
         bias=spec.bias,
-        target_modules=peft_target_modules(spec),
+        target_modules=targets,
         use_rslora=spec.rslora,
         use_dora=spec.dora,
     )
-    return get_peft_model(model, config)
+
+
+def apply(model: Any, spec: LoraSpec, context: MethodContext) -> Any:
+    """Wrap the model in a peft LoRA model with only the adapters trainable."""
+    from peft import get_peft_model
+
+    return get_peft_model(model, lora_config(spec, model))
 
 
 register("lora", Method(spec=LoraSpec, apply=apply, trains=True))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from runner.methods import Method, register
+from runner.methods import Method, MethodContext, register
 from runner.spec import Spec
 
 
@@ -14,7 +14,7 @@ class NoneSpec(Spec):
     kind: Literal["none"] = "none"
 
 
-def apply(model: Any, spec: NoneSpec) -> Any:
+def apply(model: Any, spec: NoneSpec, context: MethodContext) -> Any:
     """Return the model unchanged."""
     return model
 
