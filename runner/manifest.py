@@ -117,6 +117,11 @@ class TrainSpec(Spec):
     """Seeds adapter initialisation, dropout and data order."""
     save_steps: int = Field(50, ge=1)
     """Checkpoint every N steps so an interrupted run resumes from the last one."""
+    heldout_examples: int = Field(32, ge=0)
+    """Train-split examples held out of training to measure held-out loss and perplexity
+    (at most a fifth of the train split; 0 disables)."""
+    eval_steps: int | None = Field(None, ge=1)
+    """Held-out evaluation every N steps (default: save_steps), logged to train_log.jsonl."""
     logging_steps: int = Field(10, ge=1)
 
     @model_validator(mode="after")

@@ -94,11 +94,13 @@ def _prepare_model(loaded: LoadedManifest, store: Store, keys: RunKeys, train_ex
         checkpoint_dir=store.local_dir(keys.checkpoints),
         log_path=store.local_dir(keys.prefix) / "train_log.jsonl",
         extra_callbacks=lambda steps: method.trainer_callbacks(model, manifest.method, steps),
+        device=base.device,
         use_bf16=base.device == "cuda" and str(base.model.dtype) == "torch.bfloat16",
     )
-    summary = {**result.__dict__, "train_examples": len(train_examples)}
+    summary = result.as_dict()
     with tempfile.TemporaryDirectory() as staging:
         method.save_trained(model, Path(staging))
+        summary["adapter_bytes"] = sum(f.stat().st_size for f in Path(staging).rglob("*") if f.is_file())
         (Path(staging) / TRAIN_SUMMARY).write_text(json.dumps(summary, indent=2))
         store.put_dir(keys.adapter, Path(staging))
     log(f"trained {result.steps} steps in {result.seconds:.0f}s, final loss {result.final_loss:.4f}")

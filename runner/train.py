@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +23,79 @@ from runner.manifest import TrainSpec
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What training reports for metrics and provenance."""
+    """What training measured, copied into metrics.json."""
 
     steps: int
     seconds: float
-    train_tokens: int
+    """Wall time of this session's `trainer.train` (a resumed run counts only its own part)."""
+    train_examples: int
+    heldout_examples: int
+    real_tokens: int
+    """Non-padding tokens in the batches this session trained on."""
+    padded_tokens: int
+    """All token positions in those batches, padding included."""
+    tokens_per_second: float | None
+    """real_tokens / seconds."""
     final_loss: float | None
+    """Mean training loss over this session's steps (answer tokens only)."""
+    heldout_loss_before: float | None
+    heldout_loss: float | None
+    """Mean loss per answer token on the held-out slice after training."""
+    heldout_perplexity: float | None
+    """exp(heldout_loss): held-out perplexity, not exp of the training loss."""
     trainable_parameters: int
     total_parameters: int
+    peak_memory_bytes: int
+    """Peak GPU memory allocated on CUDA; peak resident memory of the process on CPU."""
+
+    @property
+    def padding_fraction(self) -> float | None:
+        """Share of batch positions that were padding."""
+        return 1 - self.real_tokens / self.padded_tokens if self.padded_tokens else None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Fields plus derived percentages, for JSON."""
+        out = dict(self.__dict__)
+        out["padding_fraction"] = self.padding_fraction
+        out["trainable_percent"] = 100 * self.trainable_parameters / self.total_parameters if self.total_parameters else None
+        return out
+
+
+def split_heldout(examples: Sequence[Example], count: int, seed: int) -> tuple[list[Example], list[Example]]:
+    """(train, held-out): `count` examples drawn with a seeded RNG, never trained on."""
+    count = min(count, len(examples) // 5)  # never hold out more than a fifth of the data
+    chosen = set(random.Random(f"heldout:{seed}").sample(range(len(examples)), count))
+    train = [e for i, e in enumerate(examples) if i not in chosen]
+    heldout = [e for i, e in enumerate(examples) if i in chosen]
+    return train, heldout
+
+
+def peak_memory_bytes(device: str) -> int:
+    """Peak GPU memory allocated, or the process's peak resident set size on CPU."""
+    if device == "cuda":
+        import torch
+
+        return int(torch.cuda.max_memory_allocated())
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+class TokenCounter:
+    """Wraps the trainer's collator to count real and padded token positions per batch."""
+
+    def __init__(self, collate: Callable):
+        self._collate = collate
+        self.real = 0
+        self.padded = 0
+
+    def __call__(self, features):
+        batch = self._collate(features)
+        mask = batch.get("attention_mask")
+        ids = batch["input_ids"]
+        self.padded += int(ids.numel())
+        self.real += int(mask.sum()) if mask is not None else int(ids.numel())
+        return batch
 
 
 def tokenize_for_training(examples: Sequence[Example], fmt: PromptFormat, max_length: int) -> dict[str, list]:
@@ -59,6 +126,33 @@ def count_parameters(model: Any) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
+
+
+CHECKPOINT_COMPLETE = "qabench_complete"
+
+
+def _mark_checkpoints_complete():
+    from transformers import TrainerCallback
+
+    class MarkComplete(TrainerCallback):
+        """Marks a checkpoint folder once the trainer has finished writing it.
+
+        The trainer writes checkpoints file by file; a run killed mid-save leaves a folder that
+        cannot be resumed from, so only marked folders count.
+        """
+
+        def on_save(self, args, state, control, **kwargs):
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                (folder / CHECKPOINT_COMPLETE).write_text(str(state.global_step))
+
+    return MarkComplete()
+
+
+def complete_checkpoints(checkpoint_dir: Path) -> list[Path]:
+    """Fully written checkpoints, oldest first."""
+    found = [p for p in checkpoint_dir.glob("checkpoint-*") if (p / CHECKPOINT_COMPLETE).is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
 def _progress_callback(total_steps: int, log_path: Path):
@@ -119,6 +213,7 @@ def train(
     checkpoint_dir: Path,
     log_path: Path,
     extra_callbacks: Callable[[int], list],
+    device: str,
     use_bf16: bool,
 ) -> TrainResult:
     """Fine-tune `model` in place on prompt→answer pairs, resuming from the newest checkpoint."""
@@ -127,21 +222,23 @@ def train(
     from trl import SFTConfig, SFTTrainer
 
     _score_answer_positions_only_on_cpu()
-    columns = tokenize_for_training(examples, fmt, spec.max_seq_length)
-    dataset = Dataset.from_dict(columns)
-    steps = planned_steps(spec, len(examples))
+    train_examples, heldout = split_heldout(examples, spec.heldout_examples, spec.seed)
+    dataset = Dataset.from_dict(tokenize_for_training(train_examples, fmt, spec.max_seq_length))
+    eval_dataset = Dataset.from_dict(tokenize_for_training(heldout, fmt, spec.max_seq_length)) if heldout else None
+    steps = planned_steps(spec, len(train_examples))
     config = SFTConfig(
         output_dir=str(checkpoint_dir),
         max_steps=spec.max_steps,
         num_train_epochs=spec.epochs or 1,
         per_device_train_batch_size=spec.batch_size,
+        per_device_eval_batch_size=spec.batch_size,
         gradient_accumulation_steps=spec.gradient_accumulation_steps,
         learning_rate=spec.learning_rate,
         lr_scheduler_type=spec.lr_scheduler,
         warmup_steps=spec.warmup_steps,
         weight_decay=spec.weight_decay,
         max_grad_norm=spec.max_grad_norm,
-        optim={"adamw_8bit": "adamw_bnb_8bit"}.get(spec.optimizer, spec.optimizer),
+        optim=OPTIMIZERS[spec.optimizer],
         seed=spec.seed,
         data_seed=spec.seed,
         activation_checkpointing=spec.gradient_checkpointing,
@@ -149,13 +246,15 @@ def train(
         save_strategy="steps",
         save_steps=spec.save_steps,
         save_total_limit=2,
+        eval_strategy="steps" if eval_dataset is not None else "no",
+        eval_steps=spec.eval_steps or spec.save_steps,
         logging_steps=spec.logging_steps,
         report_to="none",
         disable_tqdm=True,
         bf16=use_bf16,
         completion_only_loss=True,
         max_length=spec.max_seq_length,
-        # Batches of similar length waste little compute on padding.
+        # Batches of similar length waste little compute on padding (measured: padding_fraction).
         train_sampling_strategy="group_by_length",
         dataloader_num_workers=0,
     )
@@ -163,22 +262,52 @@ def train(
         model=model,
         args=config,
         train_dataset=dataset,
+        eval_dataset=eval_dataset,
         processing_class=fmt.tokenizer,
-        callbacks=[_progress_callback(steps, log_path), *extra_callbacks(steps)],
+        callbacks=[_progress_callback(steps, log_path), _mark_checkpoints_complete(), *extra_callbacks(steps)],
     )
-    resume = any(checkpoint_dir.glob("checkpoint-*"))
-    if resume:
-        log(f"resuming training from {max(checkpoint_dir.glob('checkpoint-*'), key=lambda p: int(p.name.split('-')[1])).name}")
+    counter = TokenCounter(trainer.data_collator)
+    trainer.data_collator = counter
+    checkpoints = complete_checkpoints(checkpoint_dir)
+    for partial in set(checkpoint_dir.glob("checkpoint-*")) - set(checkpoints):
+        shutil.rmtree(partial)  # cut off mid-write by a kill; the trainer would choke on it
+    if checkpoints:
+        log(f"resuming training from {checkpoints[-1].name}")
+    before = _heldout_loss(trainer) if eval_dataset is not None and not checkpoints else None
     started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=resume or None)
+    output = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
     seconds = time.perf_counter() - started
+    # Counted before the final evaluation, whose batches go through the same collator.
+    real, padded = counter.real, counter.padded
+    after = _heldout_loss(trainer) if eval_dataset is not None else None
     trainable, total = count_parameters(model)
-    tokens = sum(len(ids) for ids in columns["input_ids"])
     return TrainResult(
         steps=trainer.state.global_step,
         seconds=seconds,
-        train_tokens=tokens,
+        train_examples=len(train_examples),
+        heldout_examples=len(heldout),
+        real_tokens=real,
+        padded_tokens=padded,
+        tokens_per_second=real / seconds if seconds else None,
         final_loss=output.training_loss,
+        heldout_loss_before=before,
+        heldout_loss=after,
+        heldout_perplexity=math.exp(after) if after is not None else None,
         trainable_parameters=trainable,
         total_parameters=total,
+        peak_memory_bytes=peak_memory_bytes(device),
     )
+
+
+def _heldout_loss(trainer: Any) -> float:
+    return float(trainer.evaluate()["eval_loss"])
+
+
+# Manifest optimizer names → transformers `optim` values (8-bit and paged variants via bitsandbytes).
+OPTIMIZERS = {
+    "adamw_torch": "adamw_torch",
+    "adamw_torch_fused": "adamw_torch_fused",
+    "adamw_8bit": "adamw_bnb_8bit",
+    "paged_adamw_8bit": "paged_adamw_8bit",
+    "sgd": "sgd",
+}

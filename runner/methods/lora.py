@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from runner.methods import Method, MethodContext, register, require_modules
 from runner.spec import Spec
@@ -32,6 +32,18 @@ class LoraSpec(Spec):
     """Rank-stabilised scaling alpha/sqrt(r) (Kalajdzievski 2023)."""
     dora: bool = False
     """Weight-decomposed LoRA (Liu et al. 2024): trains magnitude and direction separately."""
+
+
+    @field_validator("target_modules")
+    @classmethod
+    def _no_output_head(cls, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+        if isinstance(value, tuple) and "lm_head" in value:
+            # trl computes log-probabilities from lm_head.weight directly (fused LM head), so an
+            # adapter there would never receive a gradient; trl refuses it at trainer start.
+            raise ValueError("lm_head cannot carry an adapter: trl's fused LM head never trains it; remove lm_head")
+        if isinstance(value, tuple) and not value:
+            raise ValueError("list at least one module name, or use all-linear / attention")
+        return value
 
 
 def peft_target_modules(spec: LoraSpec) -> str | list[str]:
