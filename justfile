@@ -25,6 +25,14 @@ demo storage="runs" out="reports/demo":
     @echo "report: {{out}}/report.md (table: {{out}}/results.csv)"
     @cat {{out}}/report.md
 
+# every method in manifests/examples/ on Gemma 3 270M (CPU, same data, steps, seed; ~45 min)
+demo-methods storage="runs/demo-methods" out="reports/demo-methods":
+    {{python}} -m runner validate manifests/examples
+    {{python}} -m runner run manifests/examples/*.yaml --storage {{storage}}
+    {{python}} -m analysis report {{storage}} --out {{out}}
+    @echo "report: {{out}}/report.md (table: {{out}}/results.csv)"
+    @cat {{out}}/report.md
+
 # the test suite (CPU, a few minutes)
 test *args: setup
     {{python}} -m pytest -q {{args}}

@@ -34,4 +34,11 @@ def summarize(run: CompletedRun) -> dict[str, Any]:
     for name in manifest["eval"]["metrics"]:
         row[name] = metrics["overall"][name]
     row["generated_tokens_per_second"] = speed.get("generated_tokens_per_second")
+    train = run.metrics.get("train") or {}
+    row["trainable_percent"] = train.get("trainable_percent")
+    row["train_seconds"] = train.get("seconds")
+    row["train_tokens_per_second"] = train.get("tokens_per_second")
+    row["heldout_perplexity"] = train.get("heldout_perplexity")
+    peak = train.get("peak_memory_bytes")
+    row["peak_memory_gib"] = peak / 2**30 if peak else None
     return row

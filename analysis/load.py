@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,8 @@ class CompletedRun:
     keys: RunKeys
     manifest: dict[str, Any]
     predictions: pa.Table
+    metrics: dict[str, Any]
+    """metrics.json: its training measurements cannot be recomputed from predictions."""
 
 
 def completed_runs(store: Store) -> list[CompletedRun]:
@@ -30,5 +33,6 @@ def completed_runs(store: Store) -> list[CompletedRun]:
         if keys is None:
             continue
         manifest = yaml.safe_load(store.read_bytes(keys.manifest))
-        runs.append(CompletedRun(keys, manifest, read_predictions(store, keys)))
+        metrics = json.loads(store.read_bytes(keys.metrics))
+        runs.append(CompletedRun(keys, manifest, read_predictions(store, keys), metrics))
     return sorted(runs, key=lambda r: (r.keys.name, r.keys.digest))
