@@ -114,7 +114,8 @@ def _generate_shards(loaded, model, fmt, base, store, keys, evaluate, train_pool
 
     manifest = loaded.manifest
     decoding, size = manifest.decoding, manifest.eval.shard_size
-    budget = base.context_length - decoding.max_new_tokens
+    overhead = METHODS.get(manifest.method.kind).prompt_overhead(manifest.method)
+    budget = base.context_length - decoding.max_new_tokens - overhead
     total = sum(len(evaluate[i * size : (i + 1) * size]) for i in todo)
     with progress("generating", total) as bar:
         for index in todo:

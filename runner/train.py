@@ -63,7 +63,7 @@ class TrainResult:
 
 def split_heldout(examples: Sequence[Example], count: int, seed: int) -> tuple[list[Example], list[Example]]:
     """(train, held-out): `count` examples drawn with a seeded RNG, never trained on."""
-    count = min(count, len(examples) // 5)  # never hold out more than a fifth of the data
+    count = min(count, len(examples) // 5)  # never hold out more than a fifth of the data (planned_steps agrees)
     chosen = set(random.Random(f"heldout:{seed}").sample(range(len(examples)), count))
     train = [e for i, e in enumerate(examples) if i not in chosen]
     heldout = [e for i, e in enumerate(examples) if i in chosen]
@@ -114,11 +114,13 @@ def tokenize_for_training(examples: Sequence[Example], fmt: PromptFormat, max_le
 
 
 def planned_steps(spec: TrainSpec, n_examples: int) -> int:
-    """Optimizer steps training will run: `steps`, or epochs × examples / effective batch."""
+    """Optimizer steps the Trainer will run on `n_examples` (after the held-out slice is removed)."""
     if spec.max_steps > 0:
         return spec.max_steps
-    per_step = spec.batch_size * spec.gradient_accumulation_steps
-    return max(1, math.ceil(n_examples * spec.epochs / per_step))
+    trainable = n_examples - min(spec.heldout_examples, n_examples // 5)
+    batches = math.ceil(trainable / spec.batch_size)
+    # The Trainer's own arithmetic: optimizer steps per epoch rounded up, then times epochs, rounded up.
+    return max(1, math.ceil(spec.epochs * math.ceil(batches / spec.gradient_accumulation_steps)))
 
 
 def count_parameters(model: Any) -> tuple[int, int]:
@@ -225,7 +227,7 @@ def train(
     train_examples, heldout = split_heldout(examples, spec.heldout_examples, spec.seed)
     dataset = Dataset.from_dict(tokenize_for_training(train_examples, fmt, spec.max_seq_length))
     eval_dataset = Dataset.from_dict(tokenize_for_training(heldout, fmt, spec.max_seq_length)) if heldout else None
-    steps = planned_steps(spec, len(train_examples))
+    steps = planned_steps(spec, len(examples))
     config = SFTConfig(
         output_dir=str(checkpoint_dir),
         max_steps=spec.max_steps,

@@ -76,3 +76,14 @@ def test_run_killed_mid_training_resumes_to_the_same_adapter(tiny_manifest, tmp_
     assert resumed.keys() == uninterrupted.keys()
     for name, tensor in uninterrupted.items():
         assert (resumed[name] - tensor).abs().max().item() < 1e-5, name
+
+
+def test_planned_steps_follow_the_trainers_arithmetic_after_the_heldout_slice():
+    from runner.manifest import TrainSpec
+    from runner.train import planned_steps
+
+    # 60 examples, 12 held out (a fifth caps the requested 32) → 48 train → 12 batches of 4
+    # → 6 optimizer steps per epoch with accumulation 2 → 1.5 epochs = 9 steps.
+    spec = TrainSpec(epochs=1.5, batch_size=4, gradient_accumulation_steps=2, heldout_examples=32)
+    assert planned_steps(spec, 60) == 9
+    assert planned_steps(TrainSpec(steps=7), 60) == 7

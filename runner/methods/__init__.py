@@ -48,6 +48,10 @@ def _no_record(spec: Spec) -> dict[str, Any]:
     return {}
 
 
+def _no_prompt_overhead(spec: Spec) -> int:
+    return 0
+
+
 def _save_pretrained(model: Any, folder: Path) -> None:
     model.save_pretrained(folder)
 
@@ -79,6 +83,8 @@ class Method:
     """Rebuilds the trained model from the base model and the saved folder (resume, re-evaluation)."""
     record: Callable[[Spec], dict[str, Any]] = _no_record
     """Facts about how the method was evaluated, copied into metrics.json (e.g. adapter unmerged)."""
+    prompt_overhead: Callable[[Spec], int] = _no_prompt_overhead
+    """Context positions the method adds in front of every prompt (prompt tuning's virtual tokens)."""
 
 
 METHODS: Registry[Method] = Registry(__name__, "method")
