@@ -176,9 +176,13 @@ def _progress_callback(total_steps: int, log_path: Path):
             self._task.advance(1)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            record = {"step": state.global_step, "epoch": state.epoch, "time": time.time(), **(logs or {})}
+            logs = logs or {}
+            record = {"step": state.global_step, "epoch": state.epoch, "time": time.time(), **logs}
             with log_path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
+            shown = [f"{key} {logs[key]:.4f}" for key in ("loss", "eval_loss") if isinstance(logs.get(key), float)]
+            if shown:
+                log(f"step {state.global_step}: " + ", ".join(shown))
 
         def on_train_end(self, args, state, control, **kwargs):
             if self._stack is not None:
@@ -221,6 +225,7 @@ def train(
     """Fine-tune `model` in place on prompt→answer pairs, resuming from the newest checkpoint."""
     import torch
     from datasets import Dataset
+    from transformers.trainer_callback import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
     _score_answer_positions_only_on_cpu()
@@ -268,6 +273,8 @@ def train(
         processing_class=fmt.tokenizer,
         callbacks=[_progress_callback(steps, log_path), _mark_checkpoints_complete(), *extra_callbacks(steps)],
     )
+    # Our own lines (and train_log.jsonl) replace the trainer's printed dicts.
+    trainer.remove_callback(PrinterCallback)
     counter = TokenCounter(trainer.data_collator)
     trainer.data_collator = counter
     checkpoints = complete_checkpoints(checkpoint_dir)
