@@ -101,9 +101,9 @@ def _capture_models(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 def _probe_logits(model: Any, tokenizer: Any):
     import torch
 
-    encoded = tokenizer([PROBE], return_tensors="pt")
+    encoded = tokenizer([PROBE], return_tensors="pt").to(model.device)
     with torch.no_grad():
-        return model(**encoded).logits[0, -1].float()
+        return model(**encoded).logits[0, -1].float().cpu()
 
 
 def _predictions(run: Path) -> dict[str, str]:
@@ -436,3 +436,17 @@ def test_target_module_missing_from_the_model_exits_2_naming_the_modules_that_ex
     assert "method.target_modules: qkv_proj match no module" in err
     assert "down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj" in err
     assert "Traceback" not in err
+
+
+def test_adalora_rank_counter_stays_frozen_on_a_bfloat16_base(tiny_models):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from runner.methods import METHODS, MethodContext
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_models["llama"]), dtype=torch.bfloat16)
+    method = METHODS.get("adalora")
+    spec = method.spec(init_r=4, target_r=2, tinit=1, tfinal=1, target_modules="attention")
+    wrapped = method.apply(model, spec, MethodContext(total_steps=10, model_type="llama", tokenizer=None, device="cpu"))
+    ranknums = [p for n, p in wrapped.named_parameters() if ".ranknum." in n]
+    assert ranknums and not any(p.requires_grad for p in ranknums)

@@ -99,7 +99,14 @@ def apply(model: Any, spec: AdaloraSpec, context: MethodContext) -> Any:
         lora_dropout=spec.dropout,
         target_modules=targets,
     )
-    return get_peft_model(model, config)
+    peft_model = get_peft_model(model, config)
+    # peft upcasts bf16/fp16 adapter tensors by reassigning them into their ParameterDict, which
+    # re-wraps `ranknum` (the rank the scaling divides by) as a trainable Parameter; on a bf16
+    # GPU base the optimizer would then train it. It is a constant.
+    for name, parameter in peft_model.named_parameters():
+        if ".ranknum." in name:
+            parameter.requires_grad_(False)
+    return peft_model
 
 
 def _orthogonal_penalty(model: Any) -> Any:
