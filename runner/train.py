@@ -46,7 +46,8 @@ class TrainResult:
     trainable_parameters: int
     total_parameters: int
     peak_memory_bytes: int
-    """Peak GPU memory allocated on CUDA; peak resident memory of the process on CPU."""
+    """Peak during training (held-out evaluations included): GPU memory allocated on CUDA, the
+    process's resident set on CPU (model weights included)."""
 
     @property
     def padding_fraction(self) -> float | None:
@@ -70,12 +71,33 @@ def split_heldout(examples: Sequence[Example], count: int, seed: int) -> tuple[l
     return train, heldout
 
 
+def reset_peak_memory(device: str) -> None:
+    """Start a fresh peak-memory measurement (GPU allocator stats, or the process's VmHWM on Linux)."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        # "5" resets the peak resident set size, so a process running several manifests
+        # measures each run's training rather than the largest run before it.
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def peak_memory_bytes(device: str) -> int:
     """Peak GPU memory allocated, or the process's peak resident set size on CPU."""
     if device == "cuda":
         import torch
 
         return int(torch.cuda.max_memory_allocated())
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # reported in kB
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
@@ -282,6 +304,7 @@ def train(
         shutil.rmtree(partial)  # cut off mid-write by a kill; the trainer would choke on it
     if checkpoints:
         log(f"resuming training from {checkpoints[-1].name}")
+    reset_peak_memory(device)
     before = _heldout_loss(trainer) if eval_dataset is not None and not checkpoints else None
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
