@@ -145,10 +145,18 @@ def planned_steps(spec: TrainSpec, n_examples: int) -> int:
     return max(1, math.ceil(spec.epochs * math.ceil(batches / spec.gradient_accumulation_steps)))
 
 
+def _parameter_count(parameter: Any) -> int:
+    # A bitsandbytes 4-bit parameter packs two weights per byte; its quant_state keeps the shape.
+    state = getattr(parameter, "quant_state", None)
+    if state is not None and getattr(state, "shape", None) is not None:
+        return math.prod(state.shape)
+    return parameter.numel()
+
+
 def count_parameters(model: Any) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    """(trainable, total) parameter counts, quantized weights counted as the weights they encode."""
+    trainable = sum(_parameter_count(p) for p in model.parameters() if p.requires_grad)
+    total = sum(_parameter_count(p) for p in model.parameters())
     return trainable, total
 
 
