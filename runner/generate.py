@@ -60,14 +60,18 @@ def _answer_tokens(new_tokens: list[int], eos_ids: set[int], pad_id: int) -> lis
     return new_tokens
 
 
-def generate_batch(model: Any, tokenizer: Any, batch: Sequence[Query], spec: DecodingSpec, device: str) -> list[dict]:
-    """Generate answers for one batch and return one prediction row per query."""
+def generate_batch(
+    model: Any, tokenizer: Any, batch: Sequence[Query], spec: DecodingSpec, device: str, extra: dict[str, Any] | None = None
+) -> list[dict]:
+    """Generate answers for one batch and return one prediction row per query.
+
+    `extra` holds generate arguments built once per run (a speculative draft model)."""
     import torch
 
     ids, mask = _left_pad(batch, tokenizer.pad_token_id, device)
     eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None else tokenizer.eos_token_id
     eos_ids = set(eos) if isinstance(eos, (list, tuple)) else {eos}
-    kwargs = DECODINGS.get(spec.kind).generate_kwargs(spec)
+    kwargs = {**DECODINGS.get(spec.kind).generate_kwargs(spec), **(extra or {})}
     if device == "cuda":
         torch.cuda.synchronize()
     started = time.perf_counter()

@@ -19,6 +19,7 @@ from runner.errors import InfraError, UserError
 
 if TYPE_CHECKING:
     from runner.manifest import LoadedManifest
+    from runner.model_spec import ModelSpec
 
 
 def _gemma3_270m_gguf() -> Path:
@@ -145,9 +146,8 @@ def torch_dtype(name: str, device: str):
     return getattr(torch, name)
 
 
-def locate_model(loaded: LoadedManifest) -> tuple[str, dict[str, Any], dict[str, str]]:
-    """(name or folder for from_pretrained, extra kwargs, provenance identity) for the manifest model."""
-    spec = loaded.manifest.model
+def locate_model(spec: ModelSpec, loaded: LoadedManifest) -> tuple[str, dict[str, Any], dict[str, str]]:
+    """(name or folder for from_pretrained, extra kwargs, provenance identity) for a model block."""
     if spec.package is not None:
         folder, sha = packaged_model_dir(spec.package)
         return str(folder), {}, {"source": f"package:{spec.package}", "gguf_sha256": sha}
@@ -170,15 +170,20 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, **kwargs:
 
 
 def load_model(loaded: LoadedManifest) -> LoadedModel:
-    """Load the manifest's model and tokenizer onto the best device."""
-    from transformers import AutoModelForCausalLM
-
+    """Load the manifest's model (with what its method needs at load time) and tokenizer."""
     from runner.methods import METHODS
 
-    spec = loaded.manifest.model
-    name, kwargs, identity = locate_model(loaded)
+    method = loaded.manifest.method
+    return load_pretrained(loaded.manifest.model, loaded, lambda device: METHODS.get(method.kind).load_kwargs(method, device))
+
+
+def load_pretrained(spec: ModelSpec, loaded: LoadedManifest, extra_kwargs: Callable[[str], dict[str, Any]] = lambda device: {}) -> LoadedModel:
+    """Load one model block and its tokenizer onto the best device."""
+    from transformers import AutoModelForCausalLM
+
+    name, kwargs, identity = locate_model(spec, loaded)
     device = pick_device()
-    method_kwargs = METHODS.get(loaded.manifest.method.kind).load_kwargs(loaded.manifest.method, device)
+    method_kwargs = extra_kwargs(device)
     if "quantization_config" in method_kwargs:
         # Quantized weights are placed while loading; they cannot be moved afterwards.
         method_kwargs = {"device_map": {"": device}, **method_kwargs}

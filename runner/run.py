@@ -109,6 +109,7 @@ def _prepare_model(loaded: LoadedManifest, store: Store, keys: RunKeys, train_ex
 
 
 def _generate_shards(loaded, model, fmt, base, store, keys, evaluate, train_pool, todo: list[int]) -> None:
+    from runner.decoding import DECODINGS
     from runner.generate import Query, generate_batch, length_batches
     from runner.icl import select_shots, shot_rng
 
@@ -116,6 +117,7 @@ def _generate_shards(loaded, model, fmt, base, store, keys, evaluate, train_pool
     decoding, size = manifest.decoding, manifest.eval.shard_size
     overhead = METHODS.get(manifest.method.kind).prompt_overhead(manifest.method)
     budget = base.context_length - decoding.max_new_tokens - overhead
+    extra = DECODINGS.get(decoding.kind).prepare(decoding, loaded, base)
     total = sum(len(evaluate[i * size : (i + 1) * size]) for i in todo)
     with progress("generating", total) as bar:
         for index in todo:
@@ -126,7 +128,7 @@ def _generate_shards(loaded, model, fmt, base, store, keys, evaluate, train_pool
                 queries.append(Query(example, prompt, ids))
             rows = []
             for number, batch in enumerate(length_batches(queries, decoding.batch_size)):
-                for row in generate_batch(model, fmt.tokenizer, batch, decoding, base.device):
+                for row in generate_batch(model, fmt.tokenizer, batch, decoding, base.device, extra):
                     rows.append({**row, "batch": f"{index:05d}-{number:04d}"})
                 bar.advance(len(batch))
             store.write_bytes(keys.shard(index), encode_shard(rows))

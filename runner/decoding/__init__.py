@@ -6,12 +6,16 @@ Module name = manifest `decoding.kind`; modules import torch only inside their f
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from runner.registry import Registry
 from runner.spec import Spec
+
+if TYPE_CHECKING:
+    from runner.manifest import LoadedManifest
+    from runner.models import LoadedModel
 
 
 class DecodingSpec(Spec):
@@ -25,6 +29,24 @@ class DecodingSpec(Spec):
     """Generation stops at EOS or at the first of these strings, which is cut from the answer.
     The default newline suits base models that would otherwise write the next question."""
 
+    @field_validator("stop")
+    @classmethod
+    def _no_empty_stop(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any(s == "" for s in value):
+            raise ValueError("an empty stop string would end every answer before it starts")
+        return value
+
+
+def one_at_a_time(batch_size: int) -> int:
+    """Reject batch sizes above 1 for strategies transformers runs one sequence at a time."""
+    if batch_size != 1:
+        raise ValueError("this strategy generates one prompt at a time (transformers does not batch assisted generation); set batch_size: 1")
+    return batch_size
+
+
+def _no_models(spec: DecodingSpec, loaded: LoadedManifest, target: LoadedModel) -> dict[str, Any]:
+    return {}
+
 
 @dataclass(frozen=True)
 class Decoding:
@@ -32,6 +54,8 @@ class Decoding:
 
     spec: type[DecodingSpec]
     generate_kwargs: Callable[[DecodingSpec], dict[str, Any]]
+    prepare: Callable[[DecodingSpec, LoadedManifest, LoadedModel], dict[str, Any]] = _no_models
+    """Further `generate` arguments that need loaded models (a speculative draft), built once per run."""
 
 
 DECODINGS: Registry[Decoding] = Registry(__name__, "decoding strategy")

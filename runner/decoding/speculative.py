@@ -1,0 +1,65 @@
+"""`speculative`: a small draft model proposes tokens that the target model verifies in one forward
+pass (Leviathan et al. 2023). With greedy verification the answer equals plain greedy decoding."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field, field_validator
+
+from runner.decoding import Decoding, DecodingSpec, one_at_a_time, register
+from runner.errors import UserError
+from runner.model_spec import ModelSpec
+
+if TYPE_CHECKING:
+    from runner.manifest import LoadedManifest
+    from runner.models import LoadedModel
+
+
+class SpeculativeSpec(DecodingSpec):
+    """Assisted generation with a draft model."""
+
+    kind: Literal["speculative"] = "speculative"
+    batch_size: int = Field(1, ge=1)
+    """Must be 1: transformers runs assisted generation one sequence at a time."""
+    draft: ModelSpec
+    """The draft model (package, path or hub id), e.g. a smaller model of the same family."""
+    num_draft_tokens: int = Field(5, ge=1, le=64)
+    """Tokens the draft proposes per verification step (the starting value for `heuristic`)."""
+    schedule: Literal["constant", "heuristic"] = "heuristic"
+    """`heuristic` grows the draft length after full acceptance and shrinks it after a rejection."""
+    cross_tokenizer: bool = False
+    """The draft uses a different tokenizer (universal assisted generation re-tokenizes its text)."""
+
+    @field_validator("batch_size")
+    @classmethod
+    def _single_sequence(cls, value: int) -> int:
+        return one_at_a_time(value)
+
+
+def generate_kwargs(spec: SpeculativeSpec) -> dict[str, Any]:
+    """Arguments for `model.generate` that need no model: greedy verification."""
+    return {"do_sample": False, "num_beams": 1}
+
+
+def _same_vocabulary(a: Any, b: Any) -> bool:
+    return a.get_vocab() == b.get_vocab()
+
+
+def prepare(spec: SpeculativeSpec, loaded: LoadedManifest, target: LoadedModel) -> dict[str, Any]:
+    """Load the draft model once and return the assisted-generation arguments."""
+    from runner.models import load_pretrained
+
+    draft = load_pretrained(spec.draft, loaded)
+    same = _same_vocabulary(draft.tokenizer, target.tokenizer)
+    if not same and not spec.cross_tokenizer:
+        raise UserError("decoding.draft: its tokenizer differs from the target model's; set decoding.cross_tokenizer: true")
+    draft.model.generation_config.num_assistant_tokens = spec.num_draft_tokens
+    draft.model.generation_config.num_assistant_tokens_schedule = spec.schedule
+    kwargs: dict[str, Any] = {"assistant_model": draft.model}
+    if not same:
+        kwargs["assistant_tokenizer"] = draft.tokenizer
+    return kwargs
+
+
+register("speculative", Decoding(spec=SpeculativeSpec, generate_kwargs=generate_kwargs, prepare=prepare))

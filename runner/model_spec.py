@@ -1,0 +1,55 @@
+"""The `model` block of a manifest (also used for a speculative draft model)."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import field_validator, model_validator
+
+from runner.models import PACKAGED_MODELS
+from runner.spec import Spec
+
+# Hub ids are "org/name" or a bare "name"; anything else (spaces, "..") is a typo or a path.
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+class ModelSpec(Spec):
+    """Which pretrained model to start from: exactly one of `hub`, `path` or `package`."""
+
+    hub: str | None = None
+    """Hugging Face Hub id, e.g. google/gemma-2b (needs network; gated models read HF_TOKEN)."""
+    revision: str | None = None
+    """Hub branch, tag or commit; pin a commit for reproducible runs. Only with `hub`."""
+    path: str | None = None
+    """Local folder with a saved transformers model, relative to the manifest file."""
+    package: str | None = None
+    """A model shipped as a Python package for offline use: gemma3-270m or smollm2-135m."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weight dtype; `auto` is bfloat16 on a GPU that supports it and float32 on CPU."""
+    trust_remote_code: bool = False
+    """Run model code shipped with a hub repository. Off unless you trust the repository."""
+
+    @field_validator("hub")
+    @classmethod
+    def _hub_id_shape(cls, value: str | None) -> str | None:
+        if value is not None and not HUB_ID.match(value):
+            raise ValueError(f"{value!r} is not a hub id like 'org/name'")
+        return value
+
+    @field_validator("package")
+    @classmethod
+    def _known_package(cls, value: str | None) -> str | None:
+        if value is not None and value not in PACKAGED_MODELS:
+            known = ", ".join(sorted(PACKAGED_MODELS))
+            raise ValueError(f"unknown packaged model {value!r}; known: {known}")
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> ModelSpec:
+        given = [name for name in ("hub", "path", "package") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"set exactly one of hub, path, package (got {', '.join(given) or 'none'})")
+        if self.revision is not None and self.hub is None:
+            raise ValueError("revision applies only to a hub model")
+        return self

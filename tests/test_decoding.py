@@ -1,0 +1,115 @@
+"""Speed-up strategies must not change greedy answers, and impossible settings are rejected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import _corpus
+from runner.cli import main
+from runner.manifest import load_manifest
+from runner.run import plan
+from tiny_models import save_tiny_model
+
+FAMILIES = ["llama", "gemma", "mistral"]
+
+
+def _answers(manifest: Path, storage: Path) -> dict[str, tuple[str, int]]:
+    _, keys, _ = plan(load_manifest(manifest), str(storage))
+    rows = [r for shard in sorted((storage / keys.predictions).glob("*.parquet")) for r in pq.read_table(shard).to_pylist()]
+    return {r["id"]: (r["raw_output"], r["output_tokens"]) for r in rows}
+
+
+@pytest.fixture(scope="module")
+def drafts(tmp_path_factory, small_data):
+    """Tiny draft models: same tokenizer as the targets (same corpus), other random weights."""
+    root = tmp_path_factory.mktemp("drafts")
+    return {family: save_tiny_model(root / family, family, _corpus(small_data), seed=7) for family in FAMILIES}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_prompt_lookup_and_speculative_greedy_equal_plain_greedy(family, tiny_manifest, drafts, tmp_path):
+    common = {"max_new_tokens": 8, "stop": []}
+    strategies = {
+        "greedy": {"kind": "greedy", "batch_size": 1, **common},
+        "prompt_lookup": {"kind": "prompt_lookup", "num_tokens": 4, "max_ngram": 2, **common},
+        "speculative": {"kind": "speculative", "draft": {"path": str(drafts[family])}, "num_draft_tokens": 3, **common},
+    }
+    answers = {}
+    for name, decoding in strategies.items():
+        manifest = tiny_manifest(f"{family}-{name}", family=family, decoding=decoding)
+        assert main(["run", str(manifest), "--storage", str(tmp_path)]) == 0
+        answers[name] = _answers(manifest, tmp_path)
+    assert len(answers["greedy"]) == 24
+    assert answers["prompt_lookup"] == answers["greedy"]
+    assert answers["speculative"] == answers["greedy"]
+
+
+def test_cross_tokenizer_draft_needs_the_switch_and_then_keeps_greedy_answers(tiny_manifest, tmp_path, capsys):
+    other = save_tiny_model(tmp_path / "other-vocab", "llama", ["a different corpus gives a different vocabulary"] * 50, seed=3)
+    common = {"max_new_tokens": 6, "stop": []}
+    refused = tiny_manifest("cross-refused", decoding={"kind": "speculative", "draft": {"path": str(other)}, **common})
+    capsys.readouterr()
+    assert main(["run", str(refused), "--storage", str(tmp_path)]) == 2
+    assert "decoding.cross_tokenizer: true" in capsys.readouterr().err
+
+    greedy = tiny_manifest("cross-greedy", decoding={"kind": "greedy", "batch_size": 1, **common})
+    crossed = tiny_manifest("cross-ok", decoding={"kind": "speculative", "draft": {"path": str(other)}, "cross_tokenizer": True, **common})
+    for manifest in (greedy, crossed):
+        assert main(["run", str(manifest), "--storage", str(tmp_path)]) == 0
+    assert {k: v[0] for k, v in _answers(crossed, tmp_path).items()} == {k: v[0] for k, v in _answers(greedy, tmp_path).items()}
+
+
+@pytest.mark.parametrize(
+    ("decoding", "field", "message"),
+    [
+        ({"kind": "speculative", "draft": {"package": "smollm2-135m"}, "batch_size": 4}, "decoding.batch_size", "one prompt at a time"),
+        ({"kind": "prompt_lookup", "batch_size": 2}, "decoding.batch_size", "one prompt at a time"),
+        ({"kind": "greedy", "stop": ["\n", ""]}, "decoding.stop", "empty stop string"),
+        ({"kind": "greedy", "max_new_tokens": 0}, "decoding.max_new_tokens", "greater than or equal to 1"),
+        ({"kind": "speculative"}, "decoding.draft", "Field required"),
+    ],
+    ids=["speculative-batch", "prompt-lookup-batch", "empty-stop", "zero-new-tokens", "no-draft"],
+)
+def test_impossible_decoding_settings_are_rejected_at_validation(decoding, field, message, tiny_manifest, capsys):
+    manifest = tiny_manifest("bad-decoding", decoding=decoding)
+    capsys.readouterr()
+    assert main(["validate", str(manifest)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert any(f": {field}: " in line and message in line for line in lines), lines
+
+
+def test_speculative_generation_really_consults_the_draft(tiny_models, drafts, small_data):
+    from transformers import AutoModelForCausalLM
+
+    from runner.data import load_split
+    from runner.decoding.speculative import SpeculativeSpec
+    from runner.generate import Query, generate_batch
+    from runner.icl import PromptFormat
+    from runner.manifest import IclSpec
+    from runner.models import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_models["llama"]))
+    target = AutoModelForCausalLM.from_pretrained(str(tiny_models["llama"]), dtype="float32").eval()
+    draft = AutoModelForCausalLM.from_pretrained(str(drafts["llama"]), dtype="float32").eval()
+    calls = []
+    draft.register_forward_hook(lambda module, args, output: calls.append(1))
+    fmt = PromptFormat(tokenizer, IclSpec())
+    example = load_split(small_data, ["synthetic_extractive"], "dev", 1)[0]
+    prompt = fmt.prompt(example)
+    spec = SpeculativeSpec(draft={"path": str(drafts["llama"])}, max_new_tokens=8, stop=())
+    generate_batch(target, tokenizer, [Query(example, prompt, fmt.encode(prompt))], spec, "cpu", {"assistant_model": draft})
+    assert calls, "the draft model ran"
+
+
+def test_every_registered_decoding_strategy_has_a_valid_example_manifest(capsys):
+    from conftest import REPO
+    from runner.decoding import DECODINGS
+
+    folder = REPO / "manifests" / "examples" / "decoding"
+    for kind in DECODINGS.discover():
+        example = folder / f"{kind}.yaml"
+        assert example.is_file(), f"add {example}"
+        assert load_manifest(example).manifest.decoding.kind == kind
