@@ -60,6 +60,29 @@ def _answer_tokens(new_tokens: list[int], eos_ids: set[int], pad_id: int) -> lis
     return new_tokens
 
 
+def _tokens_through_stop(tokenizer: Any, tokens: list[int], stops: Sequence[str]) -> int:
+    """How many tokens it took to produce the first stop string.
+
+    Assisted strategies accept several tokens per step and can run past a stop string inside
+    them; counting only up to it keeps token counts equal to plain greedy's for the same answer.
+    """
+    for count in range(1, len(tokens) + 1):
+        if cut_at_stop(tokenizer.decode(tokens[:count], skip_special_tokens=True), stops)[1]:
+            return count
+    return len(tokens)
+
+
+def _stop_criteria(tokenizer: Any, stops: Sequence[str]):
+    """Stop-string criteria given to `generate` directly rather than as `stop_strings`.
+
+    Assisted generation copies `stop_strings` into the draft model's own generate call, which has
+    no tokenizer to match them with and fails; explicit criteria stay with the target model.
+    """
+    from transformers import StopStringCriteria, StoppingCriteriaList
+
+    return StoppingCriteriaList([StopStringCriteria(tokenizer=tokenizer, stop_strings=list(stops))] if stops else [])
+
+
 def generate_batch(
     model: Any, tokenizer: Any, batch: Sequence[Query], spec: DecodingSpec, device: str, extra: dict[str, Any] | None = None
 ) -> list[dict]:
@@ -82,8 +105,7 @@ def generate_batch(
             max_new_tokens=spec.max_new_tokens,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=sorted(eos_ids),
-            stop_strings=[s for s in spec.stop if s] or None,
-            tokenizer=tokenizer,
+            stopping_criteria=_stop_criteria(tokenizer, spec.stop),
             # Settings from the model's generation_config (top_p, temperature) must not leak in.
             temperature=None,
             top_p=None,
@@ -98,6 +120,9 @@ def generate_batch(
         new_tokens = _answer_tokens(output[row, ids.shape[1]:].tolist(), eos_ids, tokenizer.pad_token_id)
         text = tokenizer.decode(new_tokens, skip_special_tokens=True)
         answer, stopped = cut_at_stop(text, spec.stop)
+        if stopped:
+            new_tokens = new_tokens[: _tokens_through_stop(tokenizer, new_tokens, spec.stop)]
+            text = tokenizer.decode(new_tokens, skip_special_tokens=True)
         example = query.example
         rows.append(
             {

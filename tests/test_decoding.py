@@ -31,7 +31,7 @@ def drafts(tmp_path_factory, small_data):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_prompt_lookup_and_speculative_greedy_equal_plain_greedy(family, tiny_manifest, drafts, tmp_path):
-    common = {"max_new_tokens": 8, "stop": []}
+    common = {"max_new_tokens": 8, "stop": ["\n"]}
     strategies = {
         "greedy": {"kind": "greedy", "batch_size": 1, **common},
         "prompt_lookup": {"kind": "prompt_lookup", "num_tokens": 4, "max_ngram": 2, **common},
@@ -49,7 +49,7 @@ def test_prompt_lookup_and_speculative_greedy_equal_plain_greedy(family, tiny_ma
 
 def test_cross_tokenizer_draft_needs_the_switch_and_then_keeps_greedy_answers(tiny_manifest, tmp_path, capsys):
     other = save_tiny_model(tmp_path / "other-vocab", "llama", ["a different corpus gives a different vocabulary"] * 50, seed=3)
-    common = {"max_new_tokens": 6, "stop": []}
+    common = {"max_new_tokens": 6, "stop": ["\n"]}  # stop strings must survive assisted generation
     refused = tiny_manifest("cross-refused", decoding={"kind": "speculative", "draft": {"path": str(other)}, **common})
     capsys.readouterr()
     assert main(["run", str(refused), "--storage", str(tmp_path)]) == 2

@@ -91,3 +91,12 @@ def test_greedy_answers_do_not_depend_on_batch_size_in_float32(small_data, tiny_
         answers[batch_size] = {r["id"]: r["raw_output"] for r in rows}
     assert answers[1] == answers[5] == answers[12]
     assert len({len(q.input_ids) for q in queries}) > 1, "batches really mix prompt lengths (padding exercised)"
+
+
+def test_token_count_ends_at_the_stop_string_even_when_generation_ran_past_it(tokenizer):
+    from runner.generate import _tokens_through_stop
+
+    ran_past = tokenizer("paris\nQuestion: who", add_special_tokens=False)["input_ids"]
+    needed = _tokens_through_stop(tokenizer, ran_past, ["\n"])
+    assert "\n" in tokenizer.decode(ran_past[:needed]) and "\n" not in tokenizer.decode(ran_past[: needed - 1])
+    assert _tokens_through_stop(tokenizer, ran_past, ["zzz"]) == len(ran_past)

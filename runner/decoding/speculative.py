@@ -58,7 +58,7 @@ def prepare(spec: SpeculativeSpec, loaded: LoadedManifest, target: LoadedModel) 
     draft.model.generation_config.num_assistant_tokens_schedule = spec.schedule
     kwargs: dict[str, Any] = {"assistant_model": draft.model}
     if not same:
-        kwargs["assistant_tokenizer"] = draft.tokenizer
+        kwargs.update(tokenizer=target.tokenizer, assistant_tokenizer=draft.tokenizer)
     return kwargs
 
 
