@@ -33,7 +33,9 @@ def summarize(run: CompletedRun) -> dict[str, Any]:
     }
     for name in manifest["eval"]["metrics"]:
         row[name] = metrics["overall"][name]
-    row["generated_tokens_per_second"] = speed.get("generated_tokens_per_second")
+    for key in ("generated_tokens_per_second", "prompt_tokens_per_second", "examples_per_second", "time_to_first_token_p50", "latency_p50", "latency_p95"):
+        row[key] = speed.get(key)
+    row["generation_peak_memory_gib"] = speed["peak_memory_bytes"] / 2**30 if speed.get("peak_memory_bytes") else None
     train = run.metrics.get("train") or {}
     row["trainable_percent"] = train.get("trainable_percent")
     row["train_seconds"] = train.get("seconds")

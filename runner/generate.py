@@ -72,6 +72,27 @@ def _tokens_through_stop(tokenizer: Any, tokens: list[int], stops: Sequence[str]
     return len(tokens)
 
 
+def _first_token_clock(device: str):
+    """A logits processor that notes when the first token's logits exist: time to first token.
+
+    It runs after the prefill forward pass, before any decoding step, and changes no scores.
+    """
+    import torch
+    from transformers import LogitsProcessor
+
+    class FirstTokenClock(LogitsProcessor):
+        at: float | None = None
+
+        def __call__(self, input_ids, scores):
+            if self.at is None:
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                self.at = time.perf_counter()
+            return scores
+
+    return FirstTokenClock()
+
+
 def _stop_criteria(tokenizer: Any, stops: Sequence[str]):
     """Stop-string criteria given to `generate` directly rather than as `stop_strings`.
 
@@ -90,14 +111,19 @@ def generate_batch(
 
     `extra` holds generate arguments built once per run (a speculative draft model)."""
     import torch
+    from transformers import LogitsProcessorList
 
     ids, mask = _left_pad(batch, tokenizer.pad_token_id, device)
     eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None else tokenizer.eos_token_id
     eos_ids = set(eos) if isinstance(eos, (list, tuple)) else {eos}
     kwargs = {**DECODINGS.get(spec.kind).generate_kwargs(spec), **(extra or {})}
+    from runner.train import peak_memory_bytes, reset_peak_memory
+
+    reset_peak_memory(device)
     if device == "cuda":
         torch.cuda.synchronize()
     started = time.perf_counter()
+    clock = _first_token_clock(device)
     with torch.inference_mode():
         output = model.generate(
             input_ids=ids,
@@ -106,6 +132,7 @@ def generate_batch(
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=sorted(eos_ids),
             stopping_criteria=_stop_criteria(tokenizer, spec.stop),
+            logits_processor=LogitsProcessorList([clock]),
             # Settings from the model's generation_config (top_p, temperature) must not leak in.
             temperature=None,
             top_p=None,
@@ -115,6 +142,8 @@ def generate_batch(
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
+    first_token = (clock.at - started) if clock.at is not None else None
+    peak = peak_memory_bytes(device)
     rows = []
     for row, query in enumerate(batch):
         new_tokens = _answer_tokens(output[row, ids.shape[1]:].tolist(), eos_ids, tokenizer.pad_token_id)
@@ -142,6 +171,8 @@ def generate_batch(
                 "stopped": stopped or len(new_tokens) < spec.max_new_tokens,
                 "batch_size": len(batch),
                 "batch_seconds": seconds,
+                "batch_first_token_seconds": first_token,
+                "batch_peak_memory_bytes": peak,
                 "batch_output_tokens": 0,
             }
         )

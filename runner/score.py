@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import Any, Sequence
 
@@ -23,20 +24,41 @@ def _summary(scores: Sequence[dict[str, float | None]], metrics: Sequence[str]) 
     return out
 
 
+def _percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile, q in [0, 100]."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
 def _speed(table: pa.Table) -> dict[str, Any]:
-    """Generation speed from per-batch timings: each batch counted once."""
-    rows = table.select(["batch", "batch_seconds", "output_tokens", "prompt_tokens"]).to_pylist()
-    batch_seconds = {row["batch"]: row["batch_seconds"] for row in rows}
-    seconds = sum(batch_seconds.values())
+    """Generation speed from per-batch timings: each batch counted once; prompts never count as output."""
+    wanted = ["batch", "batch_seconds", "output_tokens", "prompt_tokens", "batch_first_token_seconds", "batch_peak_memory_bytes"]
+    rows = table.select([c for c in wanted if c in table.column_names]).to_pylist()
+    batches = {row["batch"]: row for row in rows}
+    seconds = sum(b["batch_seconds"] for b in batches.values())
+    first = [b["batch_first_token_seconds"] for b in batches.values() if b.get("batch_first_token_seconds") is not None]
+    peaks = [b["batch_peak_memory_bytes"] for b in batches.values() if b.get("batch_peak_memory_bytes") is not None]
     generated = sum(r["output_tokens"] for r in rows)
+    prompt = sum(r["prompt_tokens"] for r in rows)
+    # Every example in a batch waits for the whole batch: its latency is the batch's wall time.
+    latencies = [r["batch_seconds"] for r in rows]
     return {
         "examples": len(rows),
+        "batches": len(batches),
         "generation_seconds": seconds,
         "generated_tokens": generated,
-        "prompt_tokens": sum(r["prompt_tokens"] for r in rows),
+        "prompt_tokens": prompt,
         # Tokens the model produced (answers only, never the echoed prompt) per second of generate().
         "generated_tokens_per_second": generated / seconds if seconds else None,
+        # Prefill throughput: prompt tokens over the time to each batch's first token.
+        "prompt_tokens_per_second": prompt / sum(first) if first and len(first) == len(batches) and sum(first) else None,
         "examples_per_second": len(rows) / seconds if seconds else None,
+        "time_to_first_token_p50": _percentile(first, 50),
+        "latency_p50": _percentile(latencies, 50),
+        "latency_p95": _percentile(latencies, 95),
+        "peak_memory_bytes": max(peaks) if peaks else None,
     }
 
 

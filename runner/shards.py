@@ -31,6 +31,8 @@ SHARD_SCHEMA = pa.schema(
         ("batch", pa.string()),
         ("batch_size", pa.int32()),
         ("batch_seconds", pa.float64()),
+        ("batch_first_token_seconds", pa.float64()),
+        ("batch_peak_memory_bytes", pa.int64()),
         ("batch_output_tokens", pa.int32()),
     ]
 )

@@ -49,6 +49,25 @@ def test_lora_manifest_runs_end_to_end_and_rerun_is_a_no_op(tiny_manifest, tmp_p
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["overall"]["n"] == 24
     assert set(metrics["by_format"]) == {"yes_no", "multiple_choice", "extractive", "abstractive"}
+    speed = metrics["generation"]
+    from runner.models import load_tokenizer
+
+    tokenizer = load_tokenizer(load_manifest(manifest).manifest.model.path)
+    checked = 0
+    for shard in shards:
+        for saved in pq.read_table(shard).to_pylist():
+            assert len(tokenizer(saved["prompt"])["input_ids"]) == saved["prompt_tokens"]
+            # A random model can emit bytes that are not UTF-8; their text ("\ufffd") cannot round-trip.
+            if "\ufffd" not in saved["raw_output"]:
+                retokenized = tokenizer(saved["raw_output"], add_special_tokens=False)["input_ids"]
+                assert len(retokenized) == saved["output_tokens"], saved["raw_output"]
+                checked += 1
+    assert checked >= 4, "some answers decode cleanly and were re-tokenized"
+    # Four shards of 5 examples split into batches of 4 and 1, then one shard of 4: 9 batches.
+    assert speed["batches"] == 9
+    assert speed["generated_tokens"] == sum(sum(pq.read_table(s).column("output_tokens").to_pylist()) for s in shards)
+    assert 0 < speed["time_to_first_token_p50"] <= speed["latency_p50"] <= speed["latency_p95"]
+    assert speed["prompt_tokens_per_second"] > 0 and speed["peak_memory_bytes"] > 0
     assert metrics["train"]["steps"] == 4 and 0 < metrics["train"]["trainable_parameters"] < metrics["train"]["total_parameters"]
     provenance = json.loads((run / "provenance.json").read_text())
     assert provenance["model"]["folder_sha256"] and provenance["packages"]["transformers"]

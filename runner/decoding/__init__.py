@@ -25,6 +25,8 @@ class DecodingSpec(Spec):
     """Most tokens generated per answer (the prompt is not counted)."""
     batch_size: int = Field(8, ge=1, le=4096)
     """Prompts generated together; batches are grouped by prompt length to cut padding."""
+    warmup_batches: int = Field(1, ge=0, le=16)
+    """Batches generated and discarded before timing starts (allocator, kernels, caches warm up)."""
     stop: tuple[str, ...] = ("\n",)
     """Generation stops at EOS or at the first of these strings, which is cut from the answer.
     The default newline suits base models that would otherwise write the next question."""
