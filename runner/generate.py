@@ -32,10 +32,15 @@ def prompt_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def length_batches(queries: Sequence[Query], batch_size: int) -> list[list[Query]]:
-    """Batches of queries with similar prompt lengths (longest first, stable for ties)."""
-    ordered = sorted(queries, key=lambda q: -len(q.input_ids))
-    return [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+def length_batches(queries: Sequence[Query], batch_size: int, budget=lambda query: 0) -> list[list[Query]]:
+    """Batches of queries with similar prompt lengths (longest first, stable for ties).
+
+    Queries with different `budget` values (per-format max_new_tokens) never share a batch."""
+    batches: list[list[Query]] = []
+    for value in sorted({budget(q) for q in queries}):
+        ordered = sorted((q for q in queries if budget(q) == value), key=lambda q: -len(q.input_ids))
+        batches += [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+    return batches
 
 
 def _left_pad(batch: Sequence[Query], pad_id: int, device: str):
@@ -117,6 +122,7 @@ def generate_batch(
     eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None else tokenizer.eos_token_id
     eos_ids = set(eos) if isinstance(eos, (list, tuple)) else {eos}
     kwargs = {**DECODINGS.get(spec.kind).generate_kwargs(spec), **(extra or {})}
+    limit = spec.new_tokens_for(batch[0].example.format)
     from runner.train import peak_memory_bytes, reset_peak_memory
 
     reset_peak_memory(device)
@@ -128,7 +134,7 @@ def generate_batch(
         output = model.generate(
             input_ids=ids,
             attention_mask=mask,
-            max_new_tokens=spec.max_new_tokens,
+            max_new_tokens=limit,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=sorted(eos_ids),
             stopping_criteria=_stop_criteria(tokenizer, spec.stop),
@@ -168,7 +174,7 @@ def generate_batch(
                 "options": [text for _, text in example.options],
                 "prompt_tokens": len(query.input_ids),
                 "output_tokens": len(new_tokens),
-                "stopped": stopped or len(new_tokens) < spec.max_new_tokens,
+                "stopped": stopped or len(new_tokens) < limit,
                 "batch_size": len(batch),
                 "batch_seconds": seconds,
                 "batch_first_token_seconds": first_token,

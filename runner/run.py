@@ -19,7 +19,7 @@ import yaml
 
 from runner.console import log, progress
 from runner.data import Example, data_hash, load_split
-from runner.errors import StorageError
+from runner.errors import StorageError, UserError
 from runner.manifest import LoadedManifest, load_manifest, resolved_dict, run_digest
 from runner.methods import METHODS
 from runner.paths import RunKeys
@@ -116,7 +116,17 @@ def _generate_shards(loaded, model, fmt, base, store, keys, evaluate, train_pool
     manifest = loaded.manifest
     decoding, size = manifest.decoding, manifest.eval.shard_size
     overhead = METHODS.get(manifest.method.kind).prompt_overhead(manifest.method)
-    budget = base.context_length - decoding.max_new_tokens - overhead
+    budget = base.context_length - decoding.largest_new_tokens - overhead
+    if budget < 16:
+        raise UserError(
+            f"decoding.max_new_tokens: {decoding.largest_new_tokens} new tokens (+{overhead} method tokens) leave "
+            f"{budget} of the model's {base.context_length}-token context for the prompt"
+        )
+    if manifest.icl.shots >= len(train_pool) and manifest.icl.shots:
+        raise UserError(f"icl.shots: {manifest.icl.shots} shots need more than the {len(train_pool)} examples in the train split")
+
+    def by_format(query: Query) -> int:
+        return decoding.new_tokens_for(query.example.format)
     extra = DECODINGS.get(decoding.kind).prepare(decoding, loaded, base)
     total = sum(len(evaluate[i * size : (i + 1) * size]) for i in todo)
     def queries_of(index: int) -> list[Query]:
@@ -127,14 +137,14 @@ def _generate_shards(loaded, model, fmt, base, store, keys, evaluate, train_pool
             queries.append(Query(example, prompt, ids))
         return queries
 
-    warmup = length_batches(queries_of(todo[0]), decoding.batch_size)[: decoding.warmup_batches]
+    warmup = length_batches(queries_of(todo[0]), decoding.batch_size, by_format)[: decoding.warmup_batches]
     for batch in warmup:  # untimed: first calls pay for allocation and kernel selection
         generate_batch(model, fmt.tokenizer, batch, decoding, base.device, extra)
     with progress("generating", total) as bar:
         for index in todo:
             queries = queries_of(index)
             rows = []
-            for number, batch in enumerate(length_batches(queries, decoding.batch_size)):
+            for number, batch in enumerate(length_batches(queries, decoding.batch_size, by_format)):
                 for row in generate_batch(model, fmt.tokenizer, batch, decoding, base.device, extra):
                     rows.append({**row, "batch": f"{index:05d}-{number:04d}"})
                 bar.advance(len(batch))

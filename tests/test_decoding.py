@@ -113,3 +113,33 @@ def test_every_registered_decoding_strategy_has_a_valid_example_manifest(capsys)
         example = folder / f"{kind}.yaml"
         assert example.is_file(), f"add {example}"
         assert load_manifest(example).manifest.decoding.kind == kind
+
+
+def test_per_format_budgets_cap_answers_and_never_share_a_batch(tiny_manifest, tmp_path):
+    decoding = {"kind": "greedy", "max_new_tokens": 6, "batch_size": 8, "stop": [], "max_new_tokens_by_format": {"yes_no": 2}}
+    manifest = tiny_manifest("per-format", decoding=decoding)
+    assert main(["run", str(manifest), "--storage", str(tmp_path)]) == 0
+    _, keys, _ = plan(load_manifest(manifest), str(tmp_path))
+    rows = [r for shard in sorted((tmp_path / keys.predictions).glob("*.parquet")) for r in pq.read_table(shard).to_pylist()]
+    assert all(r["output_tokens"] <= 2 for r in rows if r["format"] == "yes_no")
+    assert any(r["output_tokens"] > 2 for r in rows if r["format"] != "yes_no")
+    budgets: dict[str, set[bool]] = {}
+    for r in rows:
+        budgets.setdefault(r["batch"], set()).add(r["format"] == "yes_no")
+    assert all(len(kinds) == 1 for kinds in budgets.values())
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"icl": {"shots": 500}, "method": {"kind": "none"}}, "icl.shots"),
+        ({"decoding": {"kind": "greedy", "max_new_tokens": 600}}, "decoding.max_new_tokens"),
+    ],
+    ids=["more-shots-than-train-examples", "answer-budget-beyond-context"],
+)
+def test_settings_the_data_or_model_cannot_satisfy_exit_2_naming_the_field(overrides, field, tiny_manifest, tmp_path, capsys):
+    manifest = tiny_manifest("unsatisfiable", **overrides)
+    capsys.readouterr()
+    assert main(["run", str(manifest), "--storage", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert field in err and "Traceback" not in err

@@ -6,7 +6,7 @@ Module name = manifest `decoding.kind`; modules import torch only inside their f
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal
 
 from pydantic import Field, field_validator
 
@@ -23,6 +23,18 @@ class DecodingSpec(Spec):
 
     max_new_tokens: int = Field(32, ge=1, le=8192)
     """Most tokens generated per answer (the prompt is not counted)."""
+    max_new_tokens_by_format: dict[Literal["yes_no", "multiple_choice", "extractive", "abstractive"], Annotated[int, Field(ge=1, le=8192)]] = {}
+    """Per-format overrides of max_new_tokens, e.g. {yes_no: 4, abstractive: 64}: short answers
+    stop paying for long budgets (batches never mix budgets)."""
+
+    def new_tokens_for(self, answer_format: str) -> int:
+        """The generation budget for one answer format."""
+        return self.max_new_tokens_by_format.get(answer_format, self.max_new_tokens)
+
+    @property
+    def largest_new_tokens(self) -> int:
+        """The largest budget any format gets (what the prompt must leave room for)."""
+        return max([self.max_new_tokens, *self.max_new_tokens_by_format.values()])
     batch_size: int = Field(8, ge=1, le=4096)
     """Prompts generated together; batches are grouped by prompt length to cut padding."""
     warmup_batches: int = Field(1, ge=0, le=16)
