@@ -31,12 +31,42 @@ def render_example(example: Example, template: str) -> str:
     )
 
 
-def select_shots(query: Example, pool: Sequence[Example], k: int, rng: random.Random) -> list[Example]:
+def answer_label(example: Example) -> str:
+    """What `balanced` balances: the yes/no answer, or the position of the correct option."""
+    answer = example.answers[0].strip().lower()
+    if example.format == "multiple_choice":
+        for letter, text in example.options:
+            if text.strip().lower() == answer:
+                return letter
+    return answer if example.format == "yes_no" else ""
+
+
+def select_shots(
+    query: Example, pool: Sequence[Example], k: int, rng: random.Random, strategy: str = "random"
+) -> list[Example]:
     """k training examples drawn without replacement, never the query itself or its exact question."""
     if k == 0:
         return []
     eligible = [e for e in pool if e.id != query.id and e.input != query.input]
-    return rng.sample(eligible, min(k, len(eligible)))
+    if strategy == "per_dataset":
+        eligible = [e for e in eligible if e.dataset == query.dataset]
+    if strategy != "balanced":
+        return rng.sample(eligible, min(k, len(eligible)))
+    by_label: dict[str, list[Example]] = {}
+    for example in eligible:
+        by_label.setdefault(answer_label(example), []).append(example)
+    for examples in by_label.values():
+        rng.shuffle(examples)
+    labels = sorted(by_label)
+    rng.shuffle(labels)
+    shots: list[Example] = []
+    # Round-robin over labels: k=4 on yes/no gives two of each; order within is then shuffled.
+    while len(shots) < k and any(by_label.values()):
+        for label in labels:
+            if by_label[label] and len(shots) < k:
+                shots.append(by_label[label].pop())
+    rng.shuffle(shots)
+    return shots
 
 
 class PromptFormat:
@@ -95,6 +125,7 @@ class PromptFormat:
             shots.pop()
 
 
-def shot_rng(seed: int, query: Example) -> random.Random:
-    """A generator private to one query: its shots do not depend on the order queries run in."""
-    return random.Random(f"{seed}:{query.id}")
+def shot_rng(seed: int, query: Example, same_for_all: bool = False) -> random.Random:
+    """A generator private to one query (its shots do not depend on the order queries run in),
+    or one shared by every query when the same shots serve all of them."""
+    return random.Random(str(seed) if same_for_all else f"{seed}:{query.id}")

@@ -102,6 +102,12 @@ class IclSpec(Spec):
     """Solved examples from the train split placed before the query (0 = zero-shot)."""
     seed: int = 0
     """Seeds the choice of shots."""
+    strategy: Literal["random", "per_dataset", "balanced"] = "random"
+    """`random`: any train examples; `per_dataset`: from the query's own dataset; `balanced`: as
+    many shots per answer label (yes/no, or the correct option's position) as possible."""
+    same_shots_for_all: bool = False
+    """Use one set of shots for every query (per dataset with per_dataset) instead of fresh ones
+    per query."""
     instruction: str = "Answer the question with a short answer taken from or based on the text."
     """First line of every prompt."""
     example_template: str = "{context}Question: {question}\n{options}Answer:"

@@ -132,7 +132,9 @@ def _generate_shards(loaded, model, fmt, base, store, keys, evaluate, train_pool
     def queries_of(index: int) -> list[Query]:
         queries = []
         for example in evaluate[index * size : (index + 1) * size]:
-            shots = select_shots(example, train_pool, manifest.icl.shots, shot_rng(manifest.icl.seed, example))
+            icl = manifest.icl
+            rng = shot_rng(icl.seed, example, icl.same_shots_for_all)
+            shots = select_shots(example, train_pool, icl.shots, rng, icl.strategy)
             prompt, ids = fmt.fit(example, shots, budget)
             queries.append(Query(example, prompt, ids))
         return queries

@@ -143,3 +143,15 @@ def test_settings_the_data_or_model_cannot_satisfy_exit_2_naming_the_field(overr
     assert main(["run", str(manifest), "--storage", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert field in err and "Traceback" not in err
+
+
+def test_every_icl_strategy_has_a_valid_example_manifest():
+    from typing import get_args
+
+    from conftest import REPO
+    from runner.manifest import IclSpec
+
+    for strategy in get_args(IclSpec.model_fields["strategy"].annotation):
+        example = REPO / "manifests" / "examples" / "icl" / f"{strategy}.yaml"
+        assert example.is_file(), f"add {example}"
+        assert load_manifest(example).manifest.icl.strategy == strategy

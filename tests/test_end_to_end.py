@@ -162,3 +162,14 @@ def test_rescoring_rewrites_metrics_from_shards_without_a_model(tiny_manifest, t
     (run / "metrics.json").write_text("{}")
     assert main(["score", str(run)]) == 0
     assert json.loads((run / "metrics.json").read_text())["overall"] == original["overall"]
+
+
+def test_k_shot_prompts_only_ever_use_train_split_examples(tiny_manifest, tmp_path):
+    manifest = tiny_manifest("two-shot", icl={"shots": 2, "strategy": "per_dataset", "seed": 4})
+    assert main(["run", str(manifest), "--storage", str(tmp_path)]) == 0
+    run = _run_folder(manifest, tmp_path)
+    rows = [r for shard in sorted((run / "predictions").glob("*.parquet")) for r in pq.read_table(shard).to_pylist()]
+    assert len(rows) == 24
+    for row in rows:
+        assert row["n_shots"] == 2 and all(s.startswith(f"{row['dataset']}/train/") for s in row["shot_ids"])
+        assert "/dev/" in row["id"]

@@ -100,3 +100,32 @@ def test_token_count_ends_at_the_stop_string_even_when_generation_ran_past_it(to
     needed = _tokens_through_stop(tokenizer, ran_past, ["\n"])
     assert "\n" in tokenizer.decode(ran_past[:needed]) and "\n" not in tokenizer.decode(ran_past[: needed - 1])
     assert _tokens_through_stop(tokenizer, ran_past, ["zzz"]) == len(ran_past)
+
+
+def test_per_dataset_shots_come_from_the_querys_dataset(small_data):
+    train = load_split(small_data, SYNTHETIC, "train")
+    query = load_split(small_data, SYNTHETIC, "dev")[7]
+    shots = select_shots(query, train, 5, shot_rng(0, query), "per_dataset")
+    assert len(shots) == 5 and {s.dataset for s in shots} == {query.dataset}
+
+
+@pytest.mark.parametrize("dataset", ["synthetic_yes_no", "synthetic_multiple_choice"])
+def test_balanced_shots_spread_evenly_over_answer_labels(small_data, dataset):
+    from collections import Counter
+
+    from runner.icl import answer_label
+
+    train = load_split(small_data, [dataset], "train")
+    query = load_split(small_data, [dataset], "dev")[0]
+    labels = sorted({answer_label(e) for e in train})
+    k = 2 * len(labels)
+    shots = select_shots(query, train, k, shot_rng(3, query), "balanced")
+    assert Counter(answer_label(s) for s in shots) == {label: 2 for label in labels}
+
+
+def test_same_shots_for_all_gives_every_query_one_set(small_data):
+    train = load_split(small_data, SYNTHETIC, "train")
+    queries = load_split(small_data, SYNTHETIC, "dev")[:6]
+    shared = {tuple(s.id for s in select_shots(q, train, 3, shot_rng(5, q, same_for_all=True))) for q in queries}
+    fresh = {tuple(s.id for s in select_shots(q, train, 3, shot_rng(5, q))) for q in queries}
+    assert len(shared) == 1 and len(fresh) > 1
