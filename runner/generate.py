@@ -121,7 +121,9 @@ def generate_batch(
     ids, mask = _left_pad(batch, tokenizer.pad_token_id, device)
     eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None else tokenizer.eos_token_id
     eos_ids = set(eos) if isinstance(eos, (list, tuple)) else {eos}
-    kwargs = {**DECODINGS.get(spec.kind).generate_kwargs(spec), **(extra or {})}
+    decoding = DECODINGS.get(spec.kind)
+    kwargs = {**decoding.generate_kwargs(spec), **(extra or {})}
+    processors = decoding.logits_processors(spec, [q.example.id for q in batch])
     limit = spec.new_tokens_for(batch[0].example.format)
     from runner.train import peak_memory_bytes, reset_peak_memory
 
@@ -138,7 +140,7 @@ def generate_batch(
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=sorted(eos_ids),
             stopping_criteria=_stop_criteria(tokenizer, spec.stop),
-            logits_processor=LogitsProcessorList([clock]),
+            logits_processor=LogitsProcessorList([clock, *processors]),
             # Settings from the model's generation_config (top_p, temperature) must not leak in.
             temperature=None,
             top_p=None,

@@ -129,3 +129,27 @@ def test_same_shots_for_all_gives_every_query_one_set(small_data):
     shared = {tuple(s.id for s in select_shots(q, train, 3, shot_rng(5, q, same_for_all=True))) for q in queries}
     fresh = {tuple(s.id for s in select_shots(q, train, 3, shot_rng(5, q))) for q in queries}
     assert len(shared) == 1 and len(fresh) > 1
+
+
+def test_sampled_answers_depend_on_seed_and_example_not_on_batching(small_data, tiny_models):
+    from transformers import AutoModelForCausalLM
+
+    from runner.decoding.sample import SampleSpec
+
+    tokenizer = load_tokenizer(str(tiny_models["llama"]))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_models["llama"]), dtype="float32").eval()
+    fmt = PromptFormat(tokenizer, IclSpec())
+    queries = []
+    for example in load_split(small_data, SYNTHETIC, "dev", 3):
+        prompt = fmt.prompt(example)
+        queries.append(Query(example, prompt, fmt.encode(prompt)))
+
+    def sampled(seed: int, batch_size: int) -> dict[str, str]:
+        spec = SampleSpec(temperature=1.0, seed=seed, max_new_tokens=8, stop=())
+        rows = [r for b in length_batches(queries, batch_size) for r in generate_batch(model, tokenizer, b, spec, "cpu")]
+        return {r["id"]: r["raw_output"] for r in rows}
+
+    greedy = {r["id"]: r["raw_output"] for r in generate_batch(model, tokenizer, queries, GreedySpec(max_new_tokens=8, stop=()), "cpu")}
+    assert sampled(1, 1) == sampled(1, 5) == sampled(1, 12)
+    assert sampled(1, 12) != sampled(2, 12)
+    assert sampled(1, 12) != greedy

@@ -62,6 +62,10 @@ def _no_models(spec: DecodingSpec, loaded: LoadedManifest, target: LoadedModel) 
     return {}
 
 
+def _no_processors(spec: DecodingSpec, example_ids: list[str]) -> list:
+    return []
+
+
 @dataclass(frozen=True)
 class Decoding:
     """A decoding strategy: its manifest block and the `generate` keyword arguments it implies."""
@@ -70,6 +74,8 @@ class Decoding:
     generate_kwargs: Callable[[DecodingSpec], dict[str, Any]]
     prepare: Callable[[DecodingSpec, LoadedManifest, LoadedModel], dict[str, Any]] = _no_models
     """Further `generate` arguments that need loaded models (a speculative draft), built once per run."""
+    logits_processors: Callable[[DecodingSpec, list[str]], list] = _no_processors
+    """Logits processors for one batch, given its example ids in row order (seeded sampling)."""
 
 
 DECODINGS: Registry[Decoding] = Registry(__name__, "decoding strategy")
