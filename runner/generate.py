@@ -10,6 +10,7 @@ from typing import Any, Sequence
 from runner.data import Example
 from runner.decoding import DECODINGS, DecodingSpec
 from runner.icl import Prompt
+from runner.memory import peak_memory_bytes, reset_peak_memory
 
 
 @dataclass(frozen=True)
@@ -125,8 +126,6 @@ def generate_batch(
     kwargs = {**decoding.generate_kwargs(spec), **(extra or {})}
     processors = decoding.logits_processors(spec, [q.example.id for q in batch])
     limit = spec.new_tokens_for(batch[0].example.format)
-    from runner.train import peak_memory_bytes, reset_peak_memory
-
     reset_peak_memory(device)
     if device == "cuda":
         torch.cuda.synchronize()

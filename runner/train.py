@@ -19,6 +19,7 @@ from runner.console import log, progress
 from runner.data import Example
 from runner.icl import PromptFormat
 from runner.manifest import TrainSpec
+from runner.memory import peak_memory_bytes, reset_peak_memory
 
 
 @dataclass(frozen=True)
@@ -69,38 +70,6 @@ def split_heldout(examples: Sequence[Example], count: int, seed: int) -> tuple[l
     train = [e for i, e in enumerate(examples) if i not in chosen]
     heldout = [e for i, e in enumerate(examples) if i in chosen]
     return train, heldout
-
-
-def reset_peak_memory(device: str) -> None:
-    """Start a fresh peak-memory measurement (GPU allocator stats, or the process's VmHWM on Linux)."""
-    if device == "cuda":
-        import torch
-
-        torch.cuda.reset_peak_memory_stats()
-        return
-    try:
-        # "5" resets the peak resident set size, so a process running several manifests
-        # measures each run's training rather than the largest run before it.
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def peak_memory_bytes(device: str) -> int:
-    """Peak GPU memory allocated, or the process's peak resident set size on CPU."""
-    if device == "cuda":
-        import torch
-
-        return int(torch.cuda.max_memory_allocated())
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024  # reported in kB
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 class TokenCounter:

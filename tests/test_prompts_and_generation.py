@@ -74,7 +74,9 @@ def test_cut_at_stop_uses_the_earliest_stop_string():
     assert cut_at_stop("paris", ["\n"]) == ("paris", False)
 
 
-def test_greedy_answers_do_not_depend_on_batch_size_in_float32(small_data, tiny_models):
+@pytest.fixture(scope="module")
+def llama_queries(small_data, tiny_models):
+    """The tiny Llama in float32, its tokenizer, and 12 zero-shot queries of mixed prompt lengths."""
     from transformers import AutoModelForCausalLM
 
     tokenizer = load_tokenizer(str(tiny_models["llama"]))
@@ -84,11 +86,19 @@ def test_greedy_answers_do_not_depend_on_batch_size_in_float32(small_data, tiny_
     for example in load_split(small_data, SYNTHETIC, "dev", 3):
         prompt = fmt.prompt(example)
         queries.append(Query(example, prompt, fmt.encode(prompt)))
+    return model, tokenizer, queries
+
+
+def _answers(llama_queries, spec, batch_size: int) -> dict[str, str]:
+    model, tokenizer, queries = llama_queries
+    rows = [r for b in length_batches(queries, batch_size) for r in generate_batch(model, tokenizer, b, spec, "cpu")]
+    return {r["id"]: r["raw_output"] for r in rows}
+
+
+def test_greedy_answers_do_not_depend_on_batch_size_in_float32(llama_queries):
     spec = GreedySpec(max_new_tokens=8, stop=())
-    answers = {}
-    for batch_size in (1, 5, 12):
-        rows = [r for b in length_batches(queries, batch_size) for r in generate_batch(model, tokenizer, b, spec, "cpu")]
-        answers[batch_size] = {r["id"]: r["raw_output"] for r in rows}
+    answers = {batch_size: _answers(llama_queries, spec, batch_size) for batch_size in (1, 5, 12)}
+    queries = llama_queries[2]
     assert answers[1] == answers[5] == answers[12]
     assert len({len(q.input_ids) for q in queries}) > 1, "batches really mix prompt lengths (padding exercised)"
 
@@ -131,25 +141,13 @@ def test_same_shots_for_all_gives_every_query_one_set(small_data):
     assert len(shared) == 1 and len(fresh) > 1
 
 
-def test_sampled_answers_depend_on_seed_and_example_not_on_batching(small_data, tiny_models):
-    from transformers import AutoModelForCausalLM
-
+def test_sampled_answers_depend_on_seed_and_example_not_on_batching(llama_queries):
     from runner.decoding.sample import SampleSpec
 
-    tokenizer = load_tokenizer(str(tiny_models["llama"]))
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_models["llama"]), dtype="float32").eval()
-    fmt = PromptFormat(tokenizer, IclSpec())
-    queries = []
-    for example in load_split(small_data, SYNTHETIC, "dev", 3):
-        prompt = fmt.prompt(example)
-        queries.append(Query(example, prompt, fmt.encode(prompt)))
-
     def sampled(seed: int, batch_size: int) -> dict[str, str]:
-        spec = SampleSpec(temperature=1.0, seed=seed, max_new_tokens=8, stop=())
-        rows = [r for b in length_batches(queries, batch_size) for r in generate_batch(model, tokenizer, b, spec, "cpu")]
-        return {r["id"]: r["raw_output"] for r in rows}
+        return _answers(llama_queries, SampleSpec(temperature=1.0, seed=seed, max_new_tokens=8, stop=()), batch_size)
 
-    greedy = {r["id"]: r["raw_output"] for r in generate_batch(model, tokenizer, queries, GreedySpec(max_new_tokens=8, stop=()), "cpu")}
+    greedy = _answers(llama_queries, GreedySpec(max_new_tokens=8, stop=()), 12)
     assert sampled(1, 1) == sampled(1, 5) == sampled(1, 12)
     assert sampled(1, 12) != sampled(2, 12)
     assert sampled(1, 12) != greedy
