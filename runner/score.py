@@ -8,13 +8,17 @@ from typing import Any, Sequence
 
 import pyarrow as pa
 
-from runner.scoring import SCORERS, aggregate
+from runner.scoring import SCORERS, Scored, aggregate
+
+# Shard columns a scorer may read (see runner.scoring.Scored).
+_SCORED_COLUMNS = ("id", "dataset", "format", "prediction", "references", "options")
 
 
 def score_rows(rows: Sequence[dict], metrics: Sequence[str]) -> list[dict[str, float | None]]:
-    """Per-example scores for each requested metric."""
+    """Per-example scores for each requested metric; rows are shard rows as dicts."""
     scorers = {name: SCORERS.get(name) for name in metrics}
-    return [{name: s.score(row["prediction"], row["references"]) for name, s in scorers.items()} for row in rows]
+    items = [Scored.from_row(row) for row in rows]
+    return [{name: s.score(item) for name, s in scorers.items()} for item in items]
 
 
 def _summary(scores: Sequence[dict[str, float | None]], metrics: Sequence[str]) -> dict[str, Any]:
@@ -64,7 +68,7 @@ def _speed(table: pa.Table) -> dict[str, Any]:
 
 def compute_metrics(table: pa.Table, metrics: Sequence[str]) -> dict[str, Any]:
     """Overall, per-dataset and per-format metrics plus generation speed."""
-    rows = table.select(["id", "dataset", "format", "prediction", "references"]).to_pylist()
+    rows = table.select([c for c in _SCORED_COLUMNS if c in table.column_names]).to_pylist()
     scores = score_rows(rows, metrics)
     by_dataset: dict[str, list] = defaultdict(list)
     by_format: dict[str, list] = defaultdict(list)

@@ -1,18 +1,30 @@
-"""Exact match and token F1 follow the SQuAD evaluation script."""
+"""Scorers: hand-worked values, option and yes/no mapping, official dispatch, missing scores."""
 
 from __future__ import annotations
 
+import pyarrow as pa
 import pytest
 
-from runner.scoring import SCORERS, aggregate
+from runner.data.example import DATASET_FORMATS
+from runner.score import compute_metrics, score_rows
+from runner.scoring import SCORERS, Scored, aggregate
 from runner.scoring._normalize import normalize_answer
 from runner.scoring.exact_match import exact_match
 from runner.scoring.f1 import f1
+from runner.scoring.jaccard import jaccard
+from runner.scoring.official import OFFICIAL_METRICS, official, squad2_f1
+from runner.scoring.option_accuracy import match_option, option_accuracy
+from runner.scoring.rouge_l import rouge_l
+from runner.scoring.yes_no_accuracy import yes_no_accuracy, yes_no_label
+
+ANIMALS = ("tortoises", "dogs", "cats", "goats")
 
 
 def test_normalisation_drops_case_punctuation_articles_and_extra_spaces():
     assert normalize_answer("  The  Eiffel-Tower, in PARIS! ") == "eiffeltower in paris"
     assert normalize_answer("an apple a day") == "apple day"
+    # Punctuation goes first, so a hyphenated article is no longer a word of its own.
+    assert normalize_answer("the-end of the theory") == "theend of theory"
 
 
 def test_exact_match_takes_the_best_reference():
@@ -23,19 +35,206 @@ def test_exact_match_takes_the_best_reference():
 def test_f1_matches_hand_computed_overlap():
     # prediction tokens [blue, house, on, hill], reference [big, blue, house]: 2 common
     # precision 2/4, recall 2/3 → F1 = 2·(1/2)(2/3)/(1/2+2/3) = 4/7
-    assert f1("the blue house on the hill", ["a big blue house"]) == pytest.approx(4 / 7)
+    assert f1("the blue house on the hill", ["a big blue house"]) == pytest.approx(4 / 7, abs=1e-12)
     assert f1("blue", ["red", "blue"]) == 1.0
     assert f1("", ["red"]) == 0.0
     assert f1("", [""]) == 1.0
 
 
+def test_jaccard_gives_partial_credit_for_a_one_word_mismatch_in_a_longer_answer():
+    # {big, red, house} vs {big, blue, house}: 2 shared of 4 distinct → 0.5, not 0.
+    assert jaccard("the big red house", ["the big blue house"]) == 0.5
+    # {lofen, his, sister} vs {his, sister, lofen, helped}: 3/4; best of two references.
+    assert jaccard("Lofen, his sister", ["nobody", "his sister lofen helped"]) == 0.75
+    assert jaccard("", [""]) == 1.0
+    assert jaccard("", ["x"]) == 0.0
+    assert jaccard("x", ["", "y"]) == 0.0
+
+
+def test_rouge_l_matches_hand_computed_longest_common_subsequence():
+    # pred [the, cat, sat, on, the, mat], ref [the, cat, on, the, mat]: LCS 5
+    # P = 5/6, R = 5/5 → F = 2·(5/6)·1/(5/6+1) = 10/11
+    assert rouge_l("The cat sat on the mat.", ["the cat on the mat"]) == pytest.approx(10 / 11, abs=1e-12)
+    # Stemming: "flooded" and "flood" share the stem, so "river flooded" equals "river flood".
+    assert rouge_l("river flooded", ["mine", "river flood"]) == 1.0
+    assert rouge_l("", ["anything"]) == 0.0
+
+
+def test_option_matching_prefers_exact_text_over_overlap():
+    options = ("fish soup", "soup", "pears", "plums")
+    assert match_option("soup", options) == 1  # exact beats the overlapping "fish soup"
+    assert match_option("  Fish   SOUP ", options) == 0
+    assert match_option("The pears.", options) == 2  # equal after normalisation
+
+
+def test_option_matching_picks_the_highest_token_f1_on_partial_overlap():
+    options = ("a basket of plums", "a basket of honey cakes", "nothing at all")
+    # "honey cakes from the baker" → [honey, cakes, from, baker]; option b [basket, of, honey, cakes]
+    # shares 2 of 4 each way (F1 0.5); option a shares none.
+    assert match_option("honey cakes from the baker", options) == 1
+
+
+def test_option_matching_breaks_ties_by_lowest_index():
+    # "red or blue" overlaps "red paint" and "blue paint" equally (F1 2·(1/3)(1/2)/(5/6) = 0.4).
+    assert match_option("red or blue", ("green paint", "red paint", "blue paint")) == 1
+    # Two options spelled alike after normalisation: the first wins.
+    assert match_option("dogs", ("the dogs", "dogs", "cats")) == 1  # the exact spelling first
+    assert match_option("Dogs!", ("the dogs", "dogs", "cats")) == 0  # only normalised: lowest index
+
+
+def test_option_matching_reads_a_bare_letter_as_that_option():
+    assert match_option("b", ANIMALS) == 1
+    assert match_option("(C)", ANIMALS) == 2
+    assert match_option(" d. ", ANIMALS) == 3
+    assert match_option("a", ANIMALS) == 0  # an article to SQuAD, but alone it is the letter a
+    assert match_option("(e)", ANIMALS) is None  # no fifth option
+    # An option whose text is a letter still wins by exact text before the letter rule.
+    assert match_option("c", ("b", "c", "d")) == 1
+
+
+def test_option_matching_without_overlap_or_options_matches_nothing():
+    assert match_option("horses", ANIMALS) is None
+    assert match_option("", ANIMALS) is None
+    assert match_option("the", ("an", "cats")) is None  # empty after normalisation, like option a
+    assert match_option("dogs", ()) is None
+
+
+def test_option_accuracy_compares_mapped_options_and_is_none_without_options():
+    item = Scored("I think it is the dogs", ("dogs",), options=ANIMALS, format="multiple_choice")
+    assert option_accuracy(item) == 1.0
+    assert option_accuracy(Scored("(c)", ("dogs",), options=ANIMALS)) == 0.0
+    assert option_accuracy(Scored("horses", ("dogs",), options=ANIMALS)) == 0.0
+    assert option_accuracy(Scored("dogs", ("dogs",))) is None
+    assert option_accuracy(Scored("dogs", ("lions",), options=ANIMALS)) is None  # reference names no option
+
+
+@pytest.mark.parametrize(
+    ("text", "label"),
+    [
+        ("yes", "yes"),
+        ("Yes, because the mine was empty.", "yes"),
+        ("TRUE", "yes"),
+        ("no", "no"),
+        ("No.", "no"),
+        ("false", "no"),
+        ("No idea", "no"),  # the rule reads words, not meaning
+        ("Not really", "unknown"),
+        ("maybe yes", "unknown"),
+        ("the answer is yes", "unknown"),
+        ("", "unknown"),
+    ],
+)
+def test_yes_no_label_reads_the_first_normalised_word(text, label):
+    assert yes_no_label(text) == label
+
+
+def test_yes_no_accuracy_scores_unknown_as_wrong_and_other_formats_as_none():
+    assert yes_no_accuracy(Scored("Yes.", ("yes",), format="yes_no")) == 1.0
+    assert yes_no_accuracy(Scored("no", ("yes",), format="yes_no")) == 0.0
+    assert yes_no_accuracy(Scored("perhaps", ("no",), format="yes_no")) == 0.0
+    assert yes_no_accuracy(Scored("yes", ("yes",), format="extractive")) is None
+    assert yes_no_accuracy(Scored("yes", ("1905",), format="yes_no")) is None
+
+
+def test_every_known_dataset_has_an_official_metric():
+    assert set(OFFICIAL_METRICS) == set(DATASET_FORMATS)
+
+
+@pytest.mark.parametrize(
+    ("dataset", "fmt", "prediction", "references", "options", "expected"),
+    [
+        # squad1_1 → token F1 (4/7 worked out in test_f1_matches_hand_computed_overlap)
+        ("squad1_1", "extractive", "the blue house on the hill", ["a big blue house"], [], 4 / 7),
+        # narrativeqa → ROUGE-L (10/11 worked out above); F1 would be 2·(4/5)(4/4)/(9/5) = 8/9
+        ("narrativeqa", "abstractive", "The cat sat on the mat.", ["the cat on the mat"], [], 10 / 11),
+        ("boolq", "yes_no", "True", ["yes"], [], 1.0),
+        ("arc_easy", "multiple_choice", "(b)", ["dogs"], list(ANIMALS), 1.0),
+        ("race_string", "multiple_choice", "cats", ["dogs"], list(ANIMALS), 0.0),
+        ("ai2_science_middle", "multiple_choice", "goats", ["goats"], list(ANIMALS), 1.0),
+        ("synthetic_yes_no", "yes_no", "no", ["yes"], [], 0.0),
+        ("synthetic_multiple_choice", "multiple_choice", "tortoise and dogs", ["dogs"], list(ANIMALS), 1.0),
+        ("synthetic_extractive", "extractive", "in 1905", ["1905"], [], 2 / 3),
+        ("synthetic_abstractive", "abstractive", "The cat sat on the mat.", ["the cat on the mat"], [], 10 / 11),
+        ("somewhere_else", "extractive", "x", ["x"], [], None),
+    ],
+)
+def test_official_uses_each_datasets_own_metric(dataset, fmt, prediction, references, options, expected):
+    row = {"dataset": dataset, "format": fmt, "prediction": prediction, "references": references, "options": options}
+    value = official(Scored.from_row(row))
+    assert value == (None if expected is None else pytest.approx(expected, abs=1e-12))
+
+
+@pytest.mark.parametrize(
+    ("prediction", "references", "expected"),
+    [
+        ("", ["<No Answer>"], 1.0),
+        ("No answer.", ["<No Answer>"], 1.0),
+        ("there is no answer", ["<No Answer>"], 1.0),
+        ("paris", ["<No Answer>"], 0.0),
+        ("<no answer>", ["paris"], 0.0),
+        ("paris", ["Paris", "the city of Paris"], 1.0),
+    ],
+)
+def test_squad2_treats_no_answer_as_the_empty_answer(prediction, references, expected):
+    item = Scored(prediction, tuple(references), dataset="squad2", format="extractive")
+    assert squad2_f1(item) == expected
+    assert official(item) == expected
+
+
 def test_missing_references_score_none_and_are_left_out_of_the_mean():
     scorer = SCORERS.get("exact_match")
-    assert scorer.score("x", []) is None
+    assert scorer.score(Scored("x", ())) is None
     assert aggregate(scorer, [1.0, None, 0.0]) == 0.5
     assert aggregate(scorer, [None]) is None
 
 
-def test_every_scorer_declares_its_direction():
-    for name, scorer in SCORERS.discover().items():
+def test_every_scorer_declares_its_direction_and_aggregation():
+    scorers = SCORERS.discover()
+    assert set(scorers) >= {"exact_match", "f1", "jaccard", "rouge_l", "option_accuracy", "yes_no_accuracy", "official"}
+    for name, scorer in scorers.items():
         assert isinstance(scorer.higher_is_better, bool), name
+        assert scorer.aggregation == "mean", name
+
+
+def _rows() -> list[dict]:
+    return [
+        {"id": "y/0", "dataset": "synthetic_yes_no", "format": "yes_no", "prediction": "yes", "references": ["yes"], "options": []},
+        {"id": "y/1", "dataset": "synthetic_yes_no", "format": "yes_no", "prediction": "not sure", "references": ["no"], "options": []},
+        {"id": "m/0", "dataset": "synthetic_multiple_choice", "format": "multiple_choice", "prediction": "dogs",
+         "references": ["dogs"], "options": list(ANIMALS)},
+        {"id": "e/0", "dataset": "synthetic_extractive", "format": "extractive", "prediction": "in 1905",
+         "references": ["1905"], "options": []},
+    ]  # fmt: skip
+
+
+def test_score_rows_takes_plain_dict_rows_and_leaves_inapplicable_metrics_none():
+    scores = score_rows(_rows(), ["exact_match", "yes_no_accuracy", "option_accuracy", "official"])
+    assert [s["yes_no_accuracy"] for s in scores] == [1.0, 0.0, None, None]
+    assert [s["option_accuracy"] for s in scores] == [None, None, 1.0, None]
+    assert [s["exact_match"] for s in scores] == [1.0, 0.0, 1.0, 0.0]
+    assert scores[3]["official"] == pytest.approx(2 / 3, abs=1e-12)
+    # A row with only prediction and references still scores the text metrics.
+    assert score_rows([{"prediction": "a", "references": ["a"]}], ["f1", "official"]) == [{"f1": 1.0, "official": None}]
+
+
+def test_compute_metrics_averages_each_metric_over_the_examples_it_applies_to():
+    metrics = list(SCORERS.discover())
+    timing = {"batch": "b0", "batch_seconds": 1.0, "output_tokens": 2, "prompt_tokens": 10}
+    result = compute_metrics(pa.Table.from_pylist([{**row, **timing} for row in _rows()]), metrics)
+    overall = result["overall"]
+    assert overall["n"] == 4
+    assert overall["yes_no_accuracy"] == 0.5  # two yes/no examples: 1 and 0
+    assert overall["option_accuracy"] == 1.0  # one multiple-choice example
+    assert overall["official"] == pytest.approx((1 + 0 + 1 + 2 / 3) / 4, abs=1e-12)
+    assert result["by_format"]["extractive"]["option_accuracy"] is None
+    assert result["by_dataset"]["synthetic_yes_no"]["n"] == 2
+
+
+def test_manifest_accepts_every_registered_scorer_and_rejects_unknown_names():
+    from pydantic import ValidationError
+
+    from runner.manifest import EvalSpec
+
+    assert EvalSpec(metrics=tuple(SCORERS.discover())).metrics == tuple(SCORERS.discover())
+    with pytest.raises(ValidationError, match="unknown metric"):
+        EvalSpec(metrics=("rouge_l", "bleu"))

@@ -2,25 +2,71 @@
 
 Each scorer declares its direction and aggregation where it is defined; a missing score is
 `None`, never a sentinel value, and is left out of aggregates (n counts only scored examples).
+A scorer sees one `Scored` record per example, so metrics that need more than the text (the
+options of a multiple-choice question, the dataset's official metric) share one interface.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from statistics import fmean
-from typing import Callable, Iterable, Literal, Sequence
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 from runner.registry import Registry
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One prediction with everything a scorer may judge it against."""
+
+    prediction: str
+    """The model's answer, already cut at its stop string."""
+    references: tuple[str, ...]
+    """Reference answers; a text metric takes the best score over them."""
+    options: tuple[str, ...] = ()
+    """Multiple-choice option texts in letter order (a, b, c, ...); () when there are none."""
+    format: str = ""
+    """Answer format (yes_no, multiple_choice, extractive, abstractive); "" when unknown."""
+    dataset: str = ""
+    """Dataset name, as in runner.data.example.DATASET_FORMATS; "" when unknown."""
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Scored:
+        """Build from a prediction-shard row; options, format and dataset may be absent."""
+        return cls(
+            prediction=row["prediction"],
+            references=tuple(row["references"]),
+            # A shard stores "no options" as an empty list; older rows may have no column at all.
+            options=tuple(row.get("options") or ()),
+            format=row.get("format") or "",
+            dataset=row.get("dataset") or "",
+        )
 
 
 @dataclass(frozen=True)
 class Scorer:
     """A per-example metric and how per-example values combine."""
 
-    score: Callable[[str, Sequence[str]], float | None]
-    """(prediction, references) -> value, or None when undefined for this example."""
+    score: Callable[[Scored], float | None]
+    """Scored example -> value, or None when the metric is undefined for this example."""
     higher_is_better: bool
+    """Direction, for tables and comparisons: True when a larger value is a better answer."""
     aggregation: Literal["mean"] = "mean"
+    """How `aggregate` combines the values that are not None."""
+
+
+TextMetric = Callable[[str, Sequence[str]], float | None]
+
+
+def on_text(metric: TextMetric) -> Callable[[Scored], float | None]:
+    """Adapt a (prediction, references) metric to the `Scored` interface."""
+
+    def score(item: Scored) -> float | None:
+        return metric(item.prediction, item.references)
+
+    score.__name__ = metric.__name__
+    score.__doc__ = metric.__doc__
+    return score
 
 
 SCORERS: Registry[Scorer] = Registry(__name__, "scorer")

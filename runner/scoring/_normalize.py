@@ -1,4 +1,10 @@
-"""SQuAD-style answer normalisation shared by every text metric."""
+"""SQuAD-style answer normalisation shared by every token-level metric.
+
+Identical to `normalize_answer` in the official SQuAD v1.1 evaluation script (and UnifiedQA's
+copies of it): lowercase, delete every `string.punctuation` character, replace the words a, an,
+the by a space, collapse whitespace. The order matters: punctuation goes before articles, so
+"the-end" becomes "theend" (no article left) while "the end" becomes "end".
+"""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from runner.scoring import Scorer, register
+from runner.scoring import Scorer, on_text, register
 from runner.scoring._normalize import normalize_answer
 
 
@@ -16,4 +16,4 @@ def exact_match(prediction: str, references: Sequence[str]) -> float | None:
     return float(any(predicted == normalize_answer(ref) for ref in references))
 
 
-register("exact_match", Scorer(score=exact_match, higher_is_better=True))
+register("exact_match", Scorer(score=on_text(exact_match), higher_is_better=True, aggregation="mean"))

@@ -1,18 +1,23 @@
-"""SQuAD token F1: harmonic mean of token precision and recall, max over references."""
+"""SQuAD token F1: harmonic mean of token precision and recall, max over references.
+
+Equal to the SQuAD v1.1 script whenever the prediction has a token after normalisation. When
+both sides normalise to nothing this follows SQuAD v2.0's rule (1.0, the answers agree) where
+v1.1 would say 0.0; SQuAD 2 and UnifiedQA's squad2 script score "no answer" that way.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 from typing import Sequence
 
-from runner.scoring import Scorer, register
+from runner.scoring import Scorer, on_text, register
 from runner.scoring._normalize import answer_tokens
 
 
-def _token_f1(predicted: list[str], reference: list[str]) -> float:
-    # Two empty answers agree (SQuAD 2 "no answer"); one empty side scores 0.
+def token_f1(predicted: Sequence[str], reference: Sequence[str]) -> float:
+    """F1 of two token lists, counting repeated tokens as often as both sides have them."""
     if not predicted or not reference:
-        return float(predicted == reference)
+        return float(len(predicted) == len(reference))
     common = sum((Counter(predicted) & Counter(reference)).values())
     if common == 0:
         return 0.0
@@ -26,7 +31,7 @@ def f1(prediction: str, references: Sequence[str]) -> float | None:
     if not references:
         return None
     predicted = answer_tokens(prediction)
-    return max(_token_f1(predicted, answer_tokens(ref)) for ref in references)
+    return max(token_f1(predicted, answer_tokens(ref)) for ref in references)
 
 
-register("f1", Scorer(score=f1, higher_is_better=True))
+register("f1", Scorer(score=on_text(f1), higher_is_better=True, aggregation="mean"))
