@@ -1,8 +1,12 @@
 """Generation throughput, side by side in one process on the same model and prompts.
 
 Variants: the original study's loop (one `generate` call per example), qabench's batched
-generation (left padding, length-grouped batches), and prompt lookup at batch 1. Greedy, no stop
-strings, so every variant must produce the same text; the table says whether it did.
+generation (left padding, length-grouped batches), and at batch 1 each assisted strategy: prompt
+lookup, speculative decoding with the model drafting for itself (same tokenizer; the acceptance
+upper bound, so the row shows the mechanism's cost when every proposal is right), and speculative
+decoding with Gemma 3 270M as a cross-tokenizer draft (universal assisted generation). Greedy, no
+stop strings, so every variant must produce the same text; the table says whether it did, and
+gives the acceptance rate and target forward passes per generated token.
 
     .venv/bin/python bench/generation.py [--examples 48] [--batch-size 16] [--max-new-tokens 24]
 """
@@ -20,6 +24,7 @@ sys.path.insert(0, str(REPO))
 from runner.data import load_split  # noqa: E402
 from runner.decoding.greedy import GreedySpec  # noqa: E402
 from runner.decoding.prompt_lookup import PromptLookupSpec  # noqa: E402
+from runner.decoding.speculative import SpeculativeSpec  # noqa: E402
 from runner.generate import Query, generate_batch, length_batches  # noqa: E402
 from runner.icl import PromptFormat  # noqa: E402
 from runner.manifest import IclSpec  # noqa: E402
@@ -51,9 +56,31 @@ def original_loop(model, tokenizer, queries, max_new_tokens):
     return outputs
 
 
-def ours(model, tokenizer, queries, spec):
-    rows = [r for batch in length_batches(queries, spec.batch_size) for r in generate_batch(model, tokenizer, batch, spec, "cpu")]
+def ours(model, tokenizer, queries, spec, extra=None):
+    batches = length_batches(queries, spec.batch_size)
+    rows = [{**r, "batch": n} for n, batch in enumerate(batches) for r in generate_batch(model, tokenizer, batch, spec, "cpu", extra)]
     return {r["id"]: (r["output_tokens"], r["raw_output"]) for r in rows}, rows
+
+
+def assisted_counts(rows) -> tuple[str, str]:
+    """Acceptance rate and target forwards per generated token, formatted for the table."""
+    forwards = sum({r["batch"]: r["batch_target_forwards"] for r in rows}.values())
+    generated = sum(r["output_tokens"] for r in rows)
+    proposed = sum(r["draft_proposed_tokens"] or 0 for r in rows)
+    accepted = sum(r["draft_accepted_tokens"] or 0 for r in rows)
+    rate = f"{accepted / proposed:.2f}" if proposed else "-"
+    return rate, f"{forwards / generated:.2f}" if generated else "-"
+
+
+def draft_model(folder, spec):
+    """A draft loaded as `runner.decoding.speculative.prepare` would, with its proposal settings."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    draft = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    draft.generation_config.num_assistant_tokens = spec.num_draft_tokens
+    draft.generation_config.num_assistant_tokens_schedule = spec.schedule
+    return draft
 
 
 def main() -> None:
@@ -79,25 +106,39 @@ def main() -> None:
     lookup = PromptLookupSpec(max_new_tokens=args.max_new_tokens, stop=(), num_tokens=10, max_ngram=2, warmup_batches=0)
     original_loop(model, tokenizer, queries[:2], 4)  # warm-up, not timed
 
+    self_spec = SpeculativeSpec(draft={"package": "smollm2-135m"}, max_new_tokens=args.max_new_tokens, stop=(), warmup_batches=0)
+    cross_spec = SpeculativeSpec(draft={"package": "gemma3-270m"}, cross_tokenizer=True, max_new_tokens=args.max_new_tokens,
+                                 stop=(), warmup_batches=0)
+    gemma_folder, _ = packaged_model_dir("gemma3-270m")
+    variants = [
+        (f"qabench batched (batch {args.batch_size})", greedy, None),
+        ("prompt lookup (batch 1)", lookup, None),
+        ("speculative, self draft (batch 1)", self_spec, {"assistant_model": draft_model(folder, self_spec)}),
+        ("speculative, Gemma 3 270M cross-tokenizer draft (batch 1)", cross_spec,
+         {"assistant_model": draft_model(gemma_folder, cross_spec), "tokenizer": tokenizer,
+          "assistant_tokenizer": load_tokenizer(str(gemma_folder))}),
+    ]
+
     results = []
     started = time.perf_counter()
     reference = original_loop(model, tokenizer, queries, args.max_new_tokens)
-    results.append(("original loop (batch 1)", time.perf_counter() - started, reference))
-    for label, spec in ((f"qabench batched (batch {args.batch_size})", greedy), ("prompt lookup (batch 1)", lookup)):
+    results.append(("original loop (batch 1)", time.perf_counter() - started, reference, ("-", "-")))
+    for label, spec, extra in variants:
         started = time.perf_counter()
-        tokens, _ = ours(model, tokenizer, queries, spec)
-        results.append((label, time.perf_counter() - started, tokens))
+        tokens, rows = ours(model, tokenizer, queries, spec, extra)
+        results.append((label, time.perf_counter() - started, tokens, assisted_counts(rows)))
 
     base = None
     print(f"SmolLM2-135M-Instruct, float32, CPU threads {torch.get_num_threads()}, {len(queries)} prompts, "
           f"max_new_tokens {args.max_new_tokens}, greedy")
-    print(f"{'variant':32} {'gen tokens':>10} {'seconds':>8} {'tok/s':>8} {'× loop':>7}  same text as loop")
-    for label, seconds, tokens in results:
+    print("| variant | gen tokens | seconds | tok/s | × loop | same text as loop | acceptance | target fwd/token |")
+    print("|---|---|---|---|---|---|---|---|")
+    for label, seconds, tokens, (acceptance, forwards) in results:
         generated = sum(count for count, _ in tokens.values())
         rate = generated / seconds
         base = base or rate
         same = sum(tokens[k] == reference[k] for k in reference)
-        print(f"{label:32} {generated:>10} {seconds:>8.1f} {rate:>8.1f} {rate / base:>7.2f}  {same}/{len(reference)}")
+        print(f"| {label} | {generated} | {seconds:.1f} | {rate:.1f} | {rate / base:.2f} | {same}/{len(reference)} | {acceptance} | {forwards} |")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 from runner.data import Example
 from runner.decoding import DECODINGS, DecodingSpec
+from runner.draft_stats import count_generation
 from runner.icl import Prompt
 from runner.memory import peak_memory_bytes, reset_peak_memory
 
@@ -131,7 +132,7 @@ def generate_batch(
         torch.cuda.synchronize()
     started = time.perf_counter()
     clock = _first_token_clock(device)
-    with torch.inference_mode():
+    with torch.inference_mode(), count_generation(model) as counts:
         output = model.generate(
             input_ids=ids,
             attention_mask=mask,
@@ -181,6 +182,10 @@ def generate_batch(
                 "batch_first_token_seconds": first_token,
                 "batch_peak_memory_bytes": peak,
                 "batch_output_tokens": 0,
+                "batch_target_forwards": counts.target_forwards,
+                # Assisted strategies run one prompt per batch, so the batch's tallies are the row's.
+                "draft_proposed_tokens": counts.proposed,
+                "draft_accepted_tokens": counts.accepted,
             }
         )
     generated = sum(r["output_tokens"] for r in rows)

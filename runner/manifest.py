@@ -135,8 +135,9 @@ class IclSpec(Spec):
 class EvalSpec(Spec):
     """What is scored and how predictions are sharded."""
 
-    metrics: tuple[str, ...] = ("exact_match", "f1")
-    """Scorers applied to every prediction."""
+    metrics: tuple[str, ...] = ("exact_match", "f1", "jaccard", "rouge_l", "option_accuracy", "yes_no_accuracy", "official")
+    """Scorers applied to every prediction. Not part of the run's identity: scoring reads saved
+    predictions, so a finished run asked for other metrics is rescored without the model."""
     shard_size: int = Field(64, ge=1)
     """Examples per prediction shard; an interrupted run resumes at the last complete shard."""
 
@@ -429,7 +430,8 @@ def resolved_dict(manifest: Manifest) -> dict[str, Any]:
 
 
 def run_digest(loaded: LoadedManifest, data_hash: str) -> str:
-    """12 hex digits identifying the run: the resolved manifest (minus output) and the data bytes.
+    """12 hex digits identifying the run: the resolved manifest (minus output, description and
+    metrics, which change nothing the run produces) and the data bytes.
 
     Paths enter as written, relative to the manifest, so the same checkout gives the same digest
     on any host; the data hash catches a changed file behind an unchanged path.
@@ -437,6 +439,7 @@ def run_digest(loaded: LoadedManifest, data_hash: str) -> str:
     content = resolved_dict(loaded.manifest)
     content.pop("output")
     content.pop("description")
+    content["eval"].pop("metrics")
     payload = json.dumps({"manifest": content, "data": data_hash}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 

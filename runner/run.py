@@ -174,6 +174,17 @@ def _write_metrics(loaded: LoadedManifest, store: Store, keys: RunKeys, evaluate
     return metrics
 
 
+def _rescore_with(store: Store, keys: RunKeys, stored: dict[str, Any], metrics: tuple[str, ...]) -> None:
+    """Score a finished run's saved predictions with another metric list (no model needed)."""
+    from runner.score import compute_metrics
+
+    previous = json.loads(store.read_bytes(keys.metrics))
+    recomputed = compute_metrics(read_predictions(store, keys), list(metrics))
+    stored["eval"]["metrics"] = list(metrics)
+    store.write_bytes(keys.manifest, yaml.safe_dump(stored, sort_keys=False).encode())
+    store.write_bytes(keys.metrics, json.dumps({**previous, **recomputed}, indent=2).encode())
+
+
 def run(manifest_path: Path, storage: str | None = None) -> RunOutcome:
     """Run a manifest to completion, skipping it when `_SUCCESS` already exists."""
     from runner import provenance
@@ -183,7 +194,12 @@ def run(manifest_path: Path, storage: str | None = None) -> RunOutcome:
     store, keys, data_files = plan(loaded, storage)
     location = f"{store.uri}/{keys.prefix}"
     if store.exists(keys.success):
-        log(f"already complete, nothing to do: {location}")
+        stored = yaml.safe_load(store.read_bytes(keys.manifest))
+        if tuple(stored["eval"]["metrics"]) != manifest.eval.metrics:
+            _rescore_with(store, keys, stored, manifest.eval.metrics)
+            log(f"already complete; rescored with {', '.join(manifest.eval.metrics)}: {location}")
+        else:
+            log(f"already complete, nothing to do: {location}")
         return RunOutcome(location, keys, skipped=True)
     log(f"run {manifest.name} → {location}")
     store.write_bytes(keys.manifest, yaml.safe_dump(resolved_dict(manifest), sort_keys=False).encode())

@@ -38,7 +38,8 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 def _speed(table: pa.Table) -> dict[str, Any]:
     """Generation speed from per-batch timings: each batch counted once; prompts never count as output."""
-    wanted = ["batch", "batch_seconds", "output_tokens", "prompt_tokens", "batch_first_token_seconds", "batch_peak_memory_bytes"]
+    wanted = ["batch", "batch_seconds", "output_tokens", "prompt_tokens", "batch_first_token_seconds", "batch_peak_memory_bytes",
+              "batch_target_forwards", "draft_proposed_tokens", "draft_accepted_tokens"]
     rows = table.select([c for c in wanted if c in table.column_names]).to_pylist()
     batches = {row["batch"]: row for row in rows}
     seconds = sum(b["batch_seconds"] for b in batches.values())
@@ -63,6 +64,23 @@ def _speed(table: pa.Table) -> dict[str, Any]:
         "latency_p50": _percentile(latencies, 50),
         "latency_p95": _percentile(latencies, 95),
         "peak_memory_bytes": max(peaks) if peaks else None,
+        **_assistance(rows, batches, generated),
+    }
+
+
+def _assistance(rows: list[dict], batches: dict[str, dict], generated: int) -> dict[str, Any]:
+    """How much each target forward pass yielded, and how often a draft's proposal was accepted."""
+    forwards = [b.get("batch_target_forwards") for b in batches.values()]
+    proposed = [r["draft_proposed_tokens"] for r in rows if r.get("draft_proposed_tokens") is not None]
+    accepted = [r["draft_accepted_tokens"] for r in rows if r.get("draft_accepted_tokens") is not None]
+    counted = bool(forwards) and all(f is not None for f in forwards)
+    return {
+        "target_forwards": sum(forwards) if counted else None,
+        # Below 1 when a forward pass yields more than one token: a batch, or accepted drafts.
+        "target_forwards_per_generated_token": sum(forwards) / generated if counted and generated else None,
+        "draft_proposed_tokens": sum(proposed) if proposed else None,
+        "draft_accepted_tokens": sum(accepted) if accepted else None,
+        "acceptance_rate": sum(accepted) / sum(proposed) if proposed and sum(proposed) else None,
     }
 
 

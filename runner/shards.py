@@ -34,6 +34,9 @@ SHARD_SCHEMA = pa.schema(
         ("batch_first_token_seconds", pa.float64()),
         ("batch_peak_memory_bytes", pa.int64()),
         ("batch_output_tokens", pa.int32()),
+        ("batch_target_forwards", pa.int32()),
+        ("draft_proposed_tokens", pa.int32()),
+        ("draft_accepted_tokens", pa.int32()),
     ]
 )
 

@@ -100,8 +100,49 @@ def test_speculative_generation_really_consults_the_draft(tiny_models, drafts, s
     example = load_split(small_data, ["synthetic_extractive"], "dev", 1)[0]
     prompt = fmt.prompt(example)
     spec = SpeculativeSpec(draft={"path": str(drafts["llama"])}, max_new_tokens=8, stop=())
-    generate_batch(target, tokenizer, [Query(example, prompt, fmt.encode(prompt))], spec, "cpu", {"assistant_model": draft})
+    [row] = generate_batch(target, tokenizer, [Query(example, prompt, fmt.encode(prompt))], spec, "cpu", {"assistant_model": draft})
     assert calls, "the draft model ran"
+    assert 0 <= row["draft_accepted_tokens"] <= row["draft_proposed_tokens"]
+    assert row["draft_proposed_tokens"] > 0
+
+
+def _one_query(tiny_models, small_data, dataset="synthetic_extractive"):
+    from runner.data import load_split
+    from runner.generate import Query
+    from runner.icl import PromptFormat
+    from runner.manifest import IclSpec
+    from runner.models import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_models["llama"]))
+    fmt = PromptFormat(tokenizer, IclSpec())
+    example = load_split(small_data, [dataset], "dev", 1)[0]
+    prompt = fmt.prompt(example)
+    return tokenizer, Query(example, prompt, fmt.encode(prompt))
+
+
+def test_a_model_drafting_for_itself_has_every_draft_token_accepted_and_saves_target_forwards(tiny_models, small_data):
+    from transformers import AutoModelForCausalLM
+
+    from runner.decoding.greedy import GreedySpec
+    from runner.decoding.speculative import SpeculativeSpec
+    from runner.generate import generate_batch
+
+    tokenizer, query = _one_query(tiny_models, small_data)
+    target = AutoModelForCausalLM.from_pretrained(str(tiny_models["llama"]), dtype="float32").eval()
+    common = {"max_new_tokens": 12, "stop": ()}
+    spec = SpeculativeSpec(draft={"path": str(tiny_models["llama"])}, num_draft_tokens=4, schedule="constant", **common)
+    # A second copy: forwards of the target object itself are what gets counted.
+    twin = AutoModelForCausalLM.from_pretrained(str(tiny_models["llama"]), dtype="float32").eval()
+    [assisted] = generate_batch(target, tokenizer, [query], spec, "cpu", {"assistant_model": twin})
+    [plain] = generate_batch(target, tokenizer, [query], GreedySpec(batch_size=1, **common), "cpu")
+    assert assisted["raw_output"] == plain["raw_output"]
+    # Plain greedy: the prefill yields the first token, each later token one more forward pass.
+    assert plain["batch_target_forwards"] == plain["output_tokens"]
+    assert plain["draft_proposed_tokens"] is None and plain["draft_accepted_tokens"] is None
+    assert assisted["draft_accepted_tokens"] == assisted["draft_proposed_tokens"] > 0
+    # Each verification pass keeps the accepted proposals plus one token of its own.
+    assert assisted["output_tokens"] == assisted["draft_accepted_tokens"] + assisted["batch_target_forwards"]
+    assert assisted["batch_target_forwards"] < plain["batch_target_forwards"]
 
 
 def test_every_registered_decoding_strategy_has_a_valid_example_manifest(capsys):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -14,6 +16,8 @@ from runner.cli import main
 from runner.manifest import load_manifest
 from runner.paths import RunKeys
 from runner.run import plan
+
+REPO = Path(__file__).resolve().parent.parent
 
 LORA = {"kind": "lora", "r": 4, "alpha": 8, "target_modules": "attention"}
 
@@ -111,6 +115,61 @@ def test_interrupted_run_resumes_from_its_last_complete_shard(tiny_manifest, tmp
     resumed = json.loads((run / "metrics.json").read_text())
     original = json.loads(expected)
     assert resumed["overall"] == original["overall"], "resumed predictions equal uninterrupted ones (greedy)"
+
+
+# Runs the runner in a child process that SIGKILLs itself the moment shard 1 is in storage: a
+# real kill, at a known point between shards, with nothing flushed or cleaned up afterwards.
+_KILL_AFTER_SHARD_1 = """
+import os, signal, sys
+from runner.cli import main
+from runner.storage import LocalStore
+write = LocalStore.write_bytes
+def write_then_die(self, key, data):
+    write(self, key, data)
+    if key.endswith("shard-00001.parquet"):
+        os.kill(os.getpid(), signal.SIGKILL)
+LocalStore.write_bytes = write_then_die
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _predictions(run: Path) -> list[dict]:
+    columns = ["id", "prompt_sha256", "raw_output", "prediction", "output_tokens", "prompt_tokens"]
+    return [r for shard in sorted((run / "predictions").glob("*.parquet")) for r in pq.read_table(shard, columns=columns).to_pylist()]
+
+
+def test_run_killed_mid_generation_resumes_at_the_first_missing_shard_with_identical_predictions(tiny_manifest, tmp_path):
+    manifest = tiny_manifest("killed-generating", eval={"shard_size": 4})
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    assert main(["run", str(manifest), "--storage", str(reference)]) == 0
+
+    command = [sys.executable, "-c", _KILL_AFTER_SHARD_1, "run", str(manifest), "--storage", str(killed)]
+    process = subprocess.run(command, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, timeout=300)
+    assert process.returncode == -9, process.stderr.decode()[-2000:]
+    run = _run_folder(manifest, killed)
+    assert sorted(p.name for p in (run / "predictions").glob("*.parquet")) == ["shard-00000.parquet", "shard-00001.parquet"]
+    assert not (run / "_SUCCESS").exists()
+    kept = {p.name: p.stat().st_mtime_ns for p in (run / "predictions").glob("*.parquet")}
+
+    assert main(["run", str(manifest), "--storage", str(killed)]) == 0
+    assert (run / "_SUCCESS").is_file()
+    assert {p.name: p.stat().st_mtime_ns for p in (run / "predictions").glob("*.parquet") if p.name in kept} == kept
+    resumed, uninterrupted = _predictions(run), _predictions(_run_folder(manifest, reference))
+    assert len(uninterrupted) == 24 and resumed == uninterrupted
+
+
+def test_finished_run_asked_for_other_metrics_is_rescored_without_regenerating(tiny_manifest, tmp_path):
+    storage = tmp_path / "runs"
+    first = tiny_manifest("rescored", eval={"metrics": ["exact_match"], "shard_size": 8})
+    assert main(["run", str(first), "--storage", str(storage)]) == 0
+    run = _run_folder(first, storage)
+    shards = {p: p.stat().st_mtime_ns for p in (run / "predictions").glob("*.parquet")}
+    wider = tiny_manifest("rescored", eval={"metrics": ["exact_match", "jaccard"], "shard_size": 8})
+    assert _run_folder(wider, storage) == run, "the metric list is not part of the run's identity"
+    assert main(["run", str(wider), "--storage", str(storage)]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["overall"]) == {"n", "exact_match", "jaccard"}
+    assert {p: p.stat().st_mtime_ns for p in shards} == shards
 
 
 @pytest.mark.parametrize("family", ["gemma", "mistral"])
