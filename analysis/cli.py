@@ -1,30 +1,79 @@
-"""`python -m analysis report SOURCE --out DIR`."""
+"""`python -m analysis report SOURCE --out DIR` and `python -m analysis compare RUN_A RUN_B`."""
 
 from __future__ import annotations
 
 import argparse
+import json
+from dataclasses import asdict
 from pathlib import Path
 
 from runner.console import error
 from runner.errors import InfraError, UserError
 
 
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m analysis", description="Tables, figures and tests over qabench runs.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    report = commands.add_parser("report", help="results.csv, results.parquet, report.md, report.html and figures over every completed run")
+    report.add_argument("source", help="storage holding runs: a folder, file:// or s3:// URI (e.g. runs/)")
+    report.add_argument("--out", required=True, help="output folder")
+    report.add_argument("--metrics", nargs="+", help="scorers to apply (default: every registered scorer)")
+    report.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    report.add_argument("--jobs", type=int, help="scoring processes (default: CPU count)")
+    report.add_argument("--no-figures", action="store_true", help="skip the figures (tables only)")
+    compare = commands.add_parser("compare", help="paired comparison of two runs on their shared examples")
+    compare.add_argument("run_a", metavar="RUN_A", help="run folder runs/<name>/<digest>, or a name/digest within --source")
+    compare.add_argument("run_b", metavar="RUN_B")
+    compare.add_argument("--source", help="storage to look the runs up in by name")
+    compare.add_argument("--metrics", nargs="+", help="scorers to compare (default: every registered scorer)")
+    compare.add_argument("--correct", metavar="METRIC", help="metric defining a correct answer for McNemar (default: official, else exact_match)")
+    compare.add_argument("--threshold", type=float, default=1.0, help="score at which an answer counts as correct (default 1.0)")
+    compare.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    compare.add_argument("--jobs", type=int, help="scoring processes (default: CPU count)")
+    compare.add_argument("--json", metavar="FILE", help="also write the comparison as JSON")
+    return parser
+
+
+def _report(args: argparse.Namespace) -> int:
+    from analysis.report import write_report
+    from analysis.terminal import print_summary
+
+    if "://" not in args.source and not Path(args.source).is_dir():
+        raise UserError(f"{args.source}: no such folder")
+    analysis, paths = write_report(args.source, Path(args.out), args.metrics, args.seed, args.jobs, figures=not args.no_figures)
+    for skipped in analysis.skipped:
+        error(f"skipped: {skipped}")
+    for note in analysis.notes:
+        error(f"not compared: {note}")
+    print_summary(analysis.runs, analysis.headline)
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from analysis.compare import compare
+    from analysis.terminal import print_comparison
+
+    result = compare(args.run_a, args.run_b, args.source, args.metrics, args.correct, args.threshold, args.seed, args.jobs)
+    print_comparison(result)
+    if args.json:
+        payload = {
+            "a": f"{result.a.name}/{result.a.digest}",
+            "b": f"{result.b.name}/{result.b.digest}",
+            "shared_examples": result.shared,
+            "differences": {m: asdict(d) for m, d in result.differences.items()},
+            "mcnemar": {"correct": result.correct_rule, **asdict(result.mcnemar)},
+        }
+        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; exit 2 for user mistakes, 3 for storage failures."""
-    parser = argparse.ArgumentParser(prog="python -m analysis", description="Tables and reports from qabench runs.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    report = commands.add_parser("report", help="results.csv and report.md over every completed run")
-    report.add_argument("source", help="storage folder or URI holding runs (e.g. runs/)")
-    report.add_argument("--out", required=True, help="output folder")
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     try:
-        from analysis.report import write_report
-
-        if not Path(args.source).exists() and "://" not in args.source:
-            raise UserError(f"{args.source}: no such folder")
-        for path in write_report(args.source, Path(args.out)):
-            print(path)
-        return 0
+        return _report(args) if args.command == "report" else _compare(args)
     except (UserError, InfraError) as exc:
         error(f"error: {exc}")
         return exc.exit_code

@@ -1,20 +1,112 @@
-"""`python -m analysis report SOURCE --out DIR`: tables over every completed run under SOURCE."""
+"""`python -m analysis report SOURCE --out DIR`: load, score, aggregate, write every artifact.
+
+Artifacts (in DIR): results.csv (one row per run), results_by_slice.csv (per run × format and
+run × dataset), results.parquet (one row per example, with scores), report.md, report.html
+(self-contained), figures/*.png and *.svg. Each file is written atomically.
+"""
 
 from __future__ import annotations
 
+import io
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
-from analysis.aggregate import summarize
-from analysis.load import completed_runs
-from analysis.tables import to_csv, to_markdown
+import numpy as np
+import pyarrow.parquet as pq
+
+from analysis import plots
+from analysis.aggregate import Summary, as_row, headline_metric, summarize
+from analysis.document import Figure
+from analysis.load import Loaded, Skipped, find_runs, load_runs
+from analysis.pairs import Payback, SpeedUp, paybacks, speed_ups
+from analysis.scores import metric_order, score_table, with_scores
+from analysis.tables import to_csv
+from runner.errors import UserError
 from runner.storage import LocalStore, open_store
 
 
-def write_report(source: str, out_dir: Path) -> list[Path]:
-    """Write results.csv and report.md for the runs under `source`; return their paths."""
+@dataclass(frozen=True)
+class Analysis:
+    """Everything computed from a SOURCE, before anything is written."""
+
+    source: str
+    loaded: Loaded
+    metrics: list[str]
+    headline: str | None
+    scores: dict[str, np.ndarray]
+    runs: list[Summary]
+    slices: list[Summary]
+    speed_ups: list[SpeedUp]
+    paybacks: list[Payback]
+    notes: list[str]
+    """Pairs of runs a view would have compared but did not, because their eval data differ."""
+
+    @property
+    def skipped(self) -> tuple[Skipped, ...]:
+        return self.loaded.skipped
+
+
+def analyse(source: str, metrics: Sequence[str] | None = None, seed: int = 0, jobs: int | None = None, show_progress: bool = True) -> Analysis:
+    """Load every completed run under `source`, score and aggregate; UserError if none is usable."""
     store = open_store(source)
-    rows = sorted((summarize(run) for run in completed_runs(store)), key=lambda r: (r["model"], r["method"], r["shots"], r["decoding"], r["run"]))
+    refs, unfinished = find_runs(store)
+    if not refs and not unfinished:
+        raise UserError(f"{source}: no runs found (expected <name>/<digest>/_SUCCESS folders under it)")
+    loaded = load_runs(refs, show_progress=show_progress)
+    loaded = Loaded(loaded.table, loaded.runs, tuple(unfinished) + loaded.skipped)
+    if not loaded.runs:
+        listing = "\n".join(f"  skipped {s}" for s in loaded.skipped)
+        raise UserError(f"{source}: no usable completed run\n{listing}")
+    chosen = metric_order(metrics, (r.manifest.get("eval", {}).get("metrics", ()) for r in loaded.runs))
+    scores = score_table(loaded.table, chosen, jobs)
+    runs, slices = summarize(loaded, scores, seed)
+    headline = headline_metric(chosen)
+    ups, up_notes = speed_ups(runs, headline)
+    backs, back_notes = paybacks(runs)
+    return Analysis(source, loaded, chosen, headline, scores, runs, slices, ups, backs, list(dict.fromkeys(up_notes + back_notes)))
+
+
+def write_figures(analysis: Analysis, target: LocalStore) -> list[Figure]:
+    """Every figure the runs support, headline metric first."""
+    figures: list[Figure | None] = []
+    ordered = ([analysis.headline] if analysis.headline else []) + [m for m in analysis.metrics if m != analysis.headline]
+    figures += [plots.metric_bars(analysis.runs, m, target) for m in ordered]
+    if analysis.headline:
+        figures += [
+            plots.quality_vs_speed(analysis.runs, analysis.headline, target),
+            plots.quality_vs_memory(analysis.runs, analysis.headline, target),
+            plots.format_heatmap(analysis.runs, analysis.slices, analysis.headline, target),
+            plots.shots_curve(analysis.runs, analysis.headline, target),
+        ]
+    figures.append(plots.speed_up_bars(analysis.speed_ups, analysis.runs, target))
+    return [f for f in figures if f is not None]
+
+
+def write_tables(analysis: Analysis, target: LocalStore) -> list[str]:
+    """results.csv, results_by_slice.csv and results.parquet; returns their keys."""
+    target.write_bytes("results.csv", to_csv([as_row(s, analysis.metrics) for s in analysis.runs]).encode())
+    target.write_bytes("results_by_slice.csv", to_csv([as_row(s, analysis.metrics) for s in analysis.slices]).encode())
+    sink = io.BytesIO()
+    pq.write_table(with_scores(analysis.loaded.table, analysis.scores), sink, compression="zstd")
+    target.write_bytes("results.parquet", sink.getvalue())
+    return ["results.csv", "results_by_slice.csv", "results.parquet"]
+
+
+def write_report(
+    source: str, out_dir: Path, metrics: Sequence[str] | None = None, seed: int = 0, jobs: int | None = None, show_progress: bool = True, figures: bool = True
+) -> tuple[Analysis, list[Path]]:
+    """Analyse `source` and write every artifact into `out_dir`; return the analysis and the paths."""
+    from analysis.content import build_document
+    from analysis.html_page import render_html
+    from analysis.markdown import render_markdown
+
+    analysis = analyse(source, metrics, seed, jobs, show_progress)
     target = LocalStore(out_dir)
-    target.write_bytes("results.csv", to_csv(rows).encode())
-    target.write_bytes("report.md", to_markdown(rows, source).encode())
-    return [out_dir / "results.csv", out_dir / "report.md"]
+    written = write_tables(analysis, target)
+    drawn = write_figures(analysis, target) if figures else []
+    document = build_document(analysis, drawn)
+    target.write_bytes("report.md", render_markdown(document).encode())
+    target.write_bytes("report.html", render_html(document, Path(out_dir) / "figures").encode())
+    written += ["report.md", "report.html"]
+    return analysis, [Path(out_dir) / key for key in written]
