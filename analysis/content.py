@@ -89,7 +89,7 @@ def _speed_up_section(analysis: Analysis) -> Section | None:
             u.run.run.model, u.run.run.method, str(u.run.run.shots), u.run.run.decoding,
             number(u.run.speed["generated_tokens_per_second"]), number(u.baseline.speed["generated_tokens_per_second"]),
             "—" if u.speed_up is None else f"{u.speed_up:.2f}×", number(u.acceptance_rate),
-            "—" if u.quality_change is None else f"{u.quality_change:+.3f}", f"{u.run.run.name} vs {u.baseline.run.name}",
+            "—" if u.quality_change is None else f"{u.quality_change:+.3f}", f"{u.run.run.name}/{u.run.run.digest} vs {u.baseline.run.name}/{u.baseline.run.digest}",
         )
         for u in analysis.speed_ups
     )

@@ -104,7 +104,7 @@ def _scatter(summaries: Sequence[Summary], headline: str, x_of: Callable[[Summar
             ax.annotate(labels[id(s)], (x, y), fontsize=6, xytext=(4, 3), textcoords="offset points")
     if pareto:
         front = pareto_front([(x, y) for x, y, _ in points])
-        ax.plot([x for x, _ in front], [y for _, y in front], color="0.35", linestyle="--", drawstyle="steps-post", label="Pareto front", zorder=2)
+        ax.plot([x for x, _ in front], [y for _, y in front], color="0.35", linestyle="--", drawstyle="steps-pre", label="Pareto front", zorder=2)
     xs = [x for x, _, _ in points]
     if min(xs) > 0 and max(xs) / min(xs) > 30:
         ax.set_xscale("log")
@@ -206,14 +206,15 @@ def shots_curve(summaries: Sequence[Summary], headline: str, target: LocalStore)
         mine = [s for s in summaries if s.run.model == model and s.quality[headline].mean is not None]
         prompted = [s for s in mine if not s.run.train]
         decodings = list(dict.fromkeys(s.run.decoding for s in prompted))
-        for decoding in decodings:
+        tuned = [s for s in mine if s.run.train]
+        colors = _colors(len(decodings) + len(tuned))
+        for decoding, color in zip(decodings, colors):
             series = sorted((s for s in prompted if s.run.decoding == decoding), key=lambda s: s.run.shots)
             means = [s.quality[headline].mean for s in series]
             lows = [s.quality[headline].low if s.quality[headline].low is not None else s.quality[headline].mean for s in series]
             highs = [s.quality[headline].high if s.quality[headline].high is not None else s.quality[headline].mean for s in series]
-            ax.errorbar([s.run.shots for s in series], means, yerr=_errors(means, lows, highs), marker="o", capsize=3, label=f"prompting ({decoding})")
-        tuned = [s for s in mine if s.run.train]
-        for s, color in zip(tuned, _colors(len(tuned))):
+            ax.errorbar([s.run.shots for s in series], means, yerr=_errors(means, lows, highs), marker="o", capsize=3, color=color, label=f"prompting ({decoding})")
+        for s, color in zip(tuned, colors[len(decodings):]):
             estimate = s.quality[headline]
             ax.axhline(estimate.mean, linestyle="--", color=color, label=f"{s.run.method} ({s.run.shots}-shot, {s.run.decoding})")
             if estimate.low is not None:

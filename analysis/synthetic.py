@@ -1,0 +1,220 @@
+"""Synthetic completed runs in exactly the layout the runner writes, for tests and benchmarks.
+
+Everything is a function of its arguments (explicit `random.Random` seeds), so a golden test can
+compare the report it produces byte for byte. Predictions are the right answer with a run's
+`accuracy`, otherwise one of the example's fixed wrong answers, as real runs repeat the same few
+mistakes; timings follow simple token-count formulas.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from runner.paths import RunKeys
+from runner.shards import SHARD_SCHEMA
+from runner.storage import LocalStore
+
+FORMATS = {
+    "boolq": "yes_no",
+    "squad1_1": "extractive",
+    "narrativeqa": "abstractive",
+    "arc_easy": "multiple_choice",
+    "openbookqa": "multiple_choice",
+    "race_string": "multiple_choice",
+    "squad2": "extractive",
+    "arc_hard": "multiple_choice",
+}
+"""Datasets the synthetic examples are named after, with their answer formats."""
+
+_WORDS = (
+    "river castle harbour lantern meadow copper winter orchard falcon granite violet tunnel "
+    "market beacon willow saddle thunder garden compass marble ember quarry ferry cedar"
+).split()
+_COLOURS = "red blue green white black silver golden orange".split()
+
+
+@dataclass(frozen=True)
+class Example:
+    """One evaluation question with its references and the wrong answers runs give for it."""
+
+    id: str
+    dataset: str
+    format: str
+    context: str
+    question: str
+    references: tuple[str, ...]
+    options: tuple[str, ...]
+    wrong: tuple[str, ...]
+
+
+def _phrase(rng: random.Random, low: int, high: int) -> str:
+    return " ".join(rng.choice(_WORDS) for _ in range(rng.randint(low, high)))
+
+
+def eval_examples(per_dataset: int, datasets: Sequence[str] = ("boolq", "squad1_1", "narrativeqa", "arc_easy"), seed: int = 0) -> list[Example]:
+    """`per_dataset` examples of each dataset, ids `<dataset>/dev/<i>` as the runner writes them."""
+    examples = []
+    for dataset in datasets:
+        fmt = FORMATS[dataset]
+        rng = random.Random(f"{seed}:{dataset}")
+        for i in range(per_dataset):
+            context = _phrase(rng, 20, 60)
+            question = f"what is the {rng.choice(_WORDS)} of the {rng.choice(_WORDS)}?"
+            options: tuple[str, ...] = ()
+            if fmt == "yes_no":
+                right = rng.choice(["yes", "no"])
+                references, wrong = (right,), ("no" if right == "yes" else "yes", "maybe")
+            elif fmt == "multiple_choice":
+                options = tuple(rng.sample(_COLOURS, 4))
+                references = (options[rng.randrange(4)],)
+                wrong = tuple(o for o in options if o != references[0])
+            else:
+                answer = _phrase(rng, 1, 3 if fmt == "extractive" else 6)
+                references = (answer, f"the {answer}") if rng.random() < 0.3 else (answer,)
+                wrong = (_phrase(rng, 1, 3), _phrase(rng, 2, 5), answer.split()[0] + " " + rng.choice(_WORDS))
+            examples.append(Example(f"{dataset}/dev/{i}", dataset, fmt, context, question, references, options, wrong))
+    return examples
+
+
+@dataclass(frozen=True)
+class SyntheticRun:
+    """One run's configuration and the knobs that shape its predictions and timings."""
+
+    name: str
+    model: str = "tiny-llama"
+    method: str = "none"
+    shots: int = 0
+    decoding: str = "greedy"
+    accuracy: float = 0.5
+    """Chance that a prediction is a reference answer (else a wrong answer of the example)."""
+    correct: frozenset[str] | None = None
+    """Ids answered right, every other one wrong; overrides `accuracy` (hand-built comparisons)."""
+    seconds_per_token: float = 0.02
+    batch_size: int = 8
+    train_seconds: float | None = None
+    """Training time in metrics.json; None for a run that trained nothing."""
+    acceptance: float | None = None
+    """Draft acceptance rate written into the rows (speculative runs); None leaves the columns null."""
+    max_eval_examples: int | None = None
+    data_tag: str = ""
+    """Changes the data hashes in provenance.json: runs with different tags used different data."""
+    seed: int = 0
+
+
+def manifest_of(run: SyntheticRun, datasets: Sequence[str], shard_size: int) -> dict:
+    """A resolved manifest as the runner writes it (the fields analysis reads, and a few more)."""
+    return {
+        "name": run.name,
+        "description": "",
+        "model": {"hub": None, "revision": None, "path": None, "package": run.model, "dtype": "auto", "trust_remote_code": False},
+        "data": {"root": "data", "datasets": list(datasets), "train_split": "train", "eval_split": "dev", "max_train_examples": None, "max_eval_examples": run.max_eval_examples},
+        "method": {"kind": run.method},
+        "train": {"steps": 10 if run.train_seconds is not None else None, "learning_rate": 0.0002, "seed": run.seed},
+        "icl": {"shots": run.shots, "seed": 0},
+        "decoding": {"max_new_tokens": 16, "batch_size": 1 if run.acceptance is not None else run.batch_size, "stop": ["\n"], "kind": run.decoding},
+        "eval": {"metrics": ["exact_match", "f1"], "shard_size": shard_size},
+        "output": {"storage": None},
+    }
+
+
+def _prediction(example: Example, rng: random.Random, run: SyntheticRun) -> str:
+    if run.correct is not None:
+        return example.references[0] if example.id in run.correct else example.wrong[0]
+    if rng.random() < run.accuracy:
+        return rng.choice(example.references)
+    return rng.choice(example.wrong)
+
+
+def shard_rows(run: SyntheticRun, examples: Sequence[Example], shard: int, rng: random.Random) -> pa.Table:
+    """One shard's rows in SHARD_SCHEMA, batched and timed the way generate.py reports them."""
+    batch_size = 1 if run.acceptance is not None else run.batch_size
+    columns: dict[str, list] = {field.name: [] for field in SHARD_SCHEMA}
+    for start in range(0, len(examples), batch_size):
+        batch = examples[start : start + batch_size]
+        predictions = [_prediction(e, rng, run) for e in batch]
+        outputs = [len(p.split()) + 1 for p in predictions]
+        prompts = [f"Answer the question.\n\n{e.context}\nQuestion: {e.question}\nAnswer:" for e in batch]
+        prompt_tokens = [len(p.split()) + 45 * run.shots for p in prompts]
+        # Wall time: prefill of every prompt, then the longest answer decoded for the whole batch.
+        first = sum(prompt_tokens) * 2e-4
+        seconds = round(first + max(outputs) * run.seconds_per_token, 6)
+        for e, prediction, out, prompt, tokens in zip(batch, predictions, outputs, prompts, prompt_tokens):
+            proposed = None if run.acceptance is None else 2 * out + 2
+            row = {
+                "id": e.id, "dataset": e.dataset, "format": e.format, "prompt": prompt,
+                "prompt_sha256": hashlib.sha256(prompt.encode()).hexdigest(), "shot_ids": [f"{e.dataset}/train/{k}" for k in range(run.shots)],
+                "n_shots": run.shots, "prediction": prediction, "raw_output": f" {prediction}\n", "references": list(e.references),
+                "options": list(e.options), "prompt_tokens": tokens, "output_tokens": out, "stopped": True,
+                "batch": f"{shard:05d}-{start // batch_size:04d}", "batch_size": len(batch), "batch_seconds": seconds,
+                "batch_first_token_seconds": round(first, 6), "batch_peak_memory_bytes": 2**30 + 2**24 * run.shots + 2**20 * len(batch),
+                "batch_output_tokens": sum(outputs), "batch_target_forwards": None if proposed is None else out,
+                "draft_proposed_tokens": proposed, "draft_accepted_tokens": None if proposed is None else math.floor(proposed * run.acceptance),
+            }
+            for name in columns:
+                columns[name].append(row.get(name))
+    return pa.Table.from_pydict(columns, schema=SHARD_SCHEMA)
+
+
+def write_run(storage: Path, run: SyntheticRun, examples: Sequence[Example], shard_size: int = 16, success: bool = True) -> Path:
+    """Write a run (manifest, provenance, shards, metrics.json, _SUCCESS last); return its folder."""
+    datasets = list(dict.fromkeys(e.dataset for e in examples))
+    if run.max_eval_examples is not None:
+        examples = [e for e in examples if int(e.id.rsplit("/", 1)[-1]) < run.max_eval_examples]
+    manifest = manifest_of(run, datasets, shard_size)
+    text = yaml.safe_dump(manifest, sort_keys=False)
+    keys = RunKeys(run.name, hashlib.sha256(text.encode()).hexdigest()[:12])
+    store = LocalStore(storage)
+    store.write_bytes(keys.manifest, text.encode())
+    data = {f"{d}/dev.tsv": hashlib.sha256(f"{d}{run.data_tag}".encode()).hexdigest() for d in datasets}
+    store.write_bytes(keys.provenance, json.dumps({"digest": keys.digest, "data": data}, indent=2).encode())
+    rng = random.Random(f"{run.seed}:{run.name}")
+    for shard, start in enumerate(range(0, len(examples), shard_size)):
+        table = shard_rows(run, examples[start : start + shard_size], shard, rng)
+        store.write_bytes(keys.shard(shard), _parquet(table))
+    metrics: dict = {"name": run.name, "digest": keys.digest, "generation": {"examples": len(examples)}}
+    if run.train_seconds is not None:
+        metrics["train"] = {
+            "steps": 10, "seconds": run.train_seconds, "tokens_per_second": 1000.0 / run.train_seconds * 50, "heldout_perplexity": 2.0 + run.accuracy,
+            "trainable_percent": 1.25, "peak_memory_bytes": 3 * 2**30,
+        }
+    store.write_bytes(keys.metrics, json.dumps(metrics, indent=2).encode())
+    if success:
+        store.write_bytes(keys.success, b"")
+    return storage / keys.prefix
+
+
+def _parquet(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
+
+
+def sample_runs() -> list[SyntheticRun]:
+    """A small grid with something for every view: a k-shot series, fine-tuned methods on two
+    models, and a speculative twin of a greedy run (the golden test's input)."""
+    return [
+        SyntheticRun("zero-shot", accuracy=0.3),
+        SyntheticRun("two-shot", shots=2, accuracy=0.45),
+        SyntheticRun("four-shot", shots=4, accuracy=0.55),
+        SyntheticRun("lora", method="lora", accuracy=0.7, train_seconds=120.0),
+        SyntheticRun("lora", method="lora", decoding="speculative", accuracy=0.7, train_seconds=120.0, acceptance=0.7, seconds_per_token=0.001),
+        SyntheticRun("big-zero-shot", model="big-model", accuracy=0.6, seconds_per_token=0.05),
+        SyntheticRun("big-four-shot", model="big-model", shots=4, accuracy=0.7, seconds_per_token=0.05),
+        SyntheticRun("big-full", model="big-model", method="full", accuracy=0.8, train_seconds=900.0, seconds_per_token=0.05),
+    ]
+
+
+def write_sample(storage: Path, per_dataset: int = 10) -> list[Path]:
+    """Write `sample_runs()` over `per_dataset` examples of four datasets; return the run folders."""
+    examples = eval_examples(per_dataset)
+    return [write_run(storage, run, examples) for run in sample_runs()]
