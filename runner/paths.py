@@ -5,7 +5,36 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from runner.errors import UserError
+
 SHARD_PATTERN = re.compile(r"^shard-(\d{5})\.parquet$")
+
+# Characters a key never needs and that let it mean something else somewhere: `\\` is a separator
+# on Windows, `%` starts a URL escape (`%2e%2e` is `..` once decoded), `?` and `#` end an
+# S3 or HTTP path, `:` makes a drive letter or a URL scheme; control characters hide in logs.
+_FORBIDDEN = re.compile(r"[\\%?#:\x00-\x1f\x7f]")
+
+
+def check_key(key: str, allow_empty: bool = False) -> str:
+    """`key` unchanged when it is a relative path that stays below its prefix; UserError if not.
+
+    Stores call this on every key, so no artifact name, shard key or manifest name can reach a
+    file or object outside the storage root, whatever the backend does with `..` or escapes.
+    """
+    if key == "" and allow_empty:
+        return key
+    reason = None
+    if not key:
+        reason = "it is empty"
+    elif key.startswith("/"):
+        reason = "it is an absolute path"
+    elif _FORBIDDEN.search(key):
+        reason = f"it contains {_FORBIDDEN.search(key).group()!r}"
+    elif any(part in ("", ".", "..") for part in key.split("/")):
+        reason = "it has an empty, '.' or '..' path component"
+    if reason:
+        raise UserError(f"invalid storage key {key!r}: {reason}; keys are relative paths below the storage root")
+    return key
 
 
 @dataclass(frozen=True)

@@ -67,3 +67,12 @@ def tiny_manifest(tmp_path, small_data, tiny_models):
         return write_manifest(tmp_path / "manifests", name, **sections)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory):
+    """A SeaweedFS S3 server on 127.0.0.1 for the session (tests/seaweed.py); skips if it cannot start."""
+    from seaweed import running_seaweed
+
+    with running_seaweed(tmp_path_factory.mktemp("seaweed")) as server:
+        yield server
