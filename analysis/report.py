@@ -59,7 +59,7 @@ def analyse(source: str, metrics: Sequence[str] | None = None, seed: int = 0, jo
         listing = "\n".join(f"  skipped {s}" for s in loaded.skipped)
         raise UserError(f"{source}: no usable completed run\n{listing}")
     chosen = metric_order(metrics, (r.manifest.get("eval", {}).get("metrics", ()) for r in loaded.runs))
-    scores = score_table(loaded.table, chosen, jobs)
+    scores = score_table(loaded.table, chosen, jobs, show_progress)
     runs, slices = summarize(loaded, scores, seed)
     headline = headline_metric(chosen)
     ups, up_notes = speed_ups(runs, headline)

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from analysis.progress import progress
 from runner.score import score_rows
 from runner.scoring import SCORERS
 
@@ -55,7 +56,7 @@ def metric_order(requested: Sequence[str] | None, manifest_metrics: Iterable[Seq
     return list(dict.fromkeys(first + chosen))
 
 
-def _distinct_inputs(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+def distinct_inputs(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """(code of each row's scored input, index of the first row holding each code)."""
     parts = []
     for name in SCORED_COLUMNS:
@@ -75,28 +76,36 @@ def _score_chunk(rows: list[dict], metrics: list[str]) -> list[list[float | None
     return [[s[m] for m in metrics] for s in score_rows(rows, metrics)]
 
 
-def _score_distinct(rows: list[dict], metrics: list[str], jobs: int) -> np.ndarray:
-    if jobs <= 1 or len(rows) < PARALLEL_MIN:
-        scored = _score_chunk(rows, metrics)
-    else:
-        # Several chunks per worker even out chunks whose answers are slower to score.
-        size = -(-len(rows) // (jobs * 4))
-        chunks = [rows[i : i + size] for i in range(0, len(rows), size)]
-        # spawn, not fork: the parent holds Arrow's thread pools, which fork would copy mid-state.
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            scored = [s for part in pool.map(_score_chunk, chunks, [metrics] * len(chunks)) for s in part]
+def _score_distinct(rows: list[dict], metrics: list[str], jobs: int, show_progress: bool) -> np.ndarray:
+    parallel = jobs > 1 and len(rows) >= PARALLEL_MIN
+    # Several chunks per worker even out chunks whose answers are slower to score, and give the
+    # progress bar something to count.
+    size = max(1, -(-len(rows) // (jobs * 4 if parallel else 20)))
+    chunks = [rows[i : i + size] for i in range(0, len(rows), size)]
+    scored: list[list[float | None]] = []
+    with progress("scoring distinct answers", len(rows), enabled=show_progress) as ticker:
+        if parallel:
+            # spawn, not fork: the parent holds Arrow's thread pools, which fork would copy mid-state.
+            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                for part in pool.map(_score_chunk, chunks, [metrics] * len(chunks)):
+                    scored += part
+                    ticker.advance(len(part))
+        else:
+            for chunk in chunks:
+                scored += _score_chunk(chunk, metrics)
+                ticker.advance(len(chunk))
     # NaN marks "no score" inside numpy only; tables and files get null (see with_scores).
     return np.array([[np.nan if v is None else v for v in s] for s in scored], dtype=np.float64).reshape(len(rows), len(metrics))
 
 
-def score_table(table: pa.Table, metrics: Sequence[str], jobs: int | None = None) -> dict[str, np.ndarray]:
+def score_table(table: pa.Table, metrics: Sequence[str], jobs: int | None = None, show_progress: bool = True) -> dict[str, np.ndarray]:
     """Metric name → per-row float64 scores (NaN where the scorer returned None)."""
     metrics = list(metrics)
     if table.num_rows == 0 or not metrics:
         return {m: np.empty(0) for m in metrics}
-    codes, first = _distinct_inputs(table)
+    codes, first = distinct_inputs(table)
     rows = table.select(list(SCORED_COLUMNS)).take(pa.array(first)).to_pylist()
-    distinct = _score_distinct(rows, metrics, jobs if jobs is not None else (os.cpu_count() or 1))
+    distinct = _score_distinct(rows, metrics, jobs if jobs is not None else (os.cpu_count() or 1), show_progress)
     return {m: distinct[codes, i] for i, m in enumerate(metrics)}
 
 
