@@ -27,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--source", help="storage to look the runs up in by name")
     compare.add_argument("--metrics", nargs="+", help="scorers to compare (default: every registered scorer)")
     compare.add_argument("--correct", metavar="METRIC", help="metric defining a correct answer for McNemar (default: official, else exact_match)")
-    compare.add_argument("--threshold", type=float, default=1.0, help="score at which an answer counts as correct (default 1.0)")
+    compare.add_argument("--threshold", type=float, help="score at which an answer counts as correct (default 1.0)")
     compare.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     compare.add_argument("--jobs", type=int, help="scoring processes (default: CPU count)")
     compare.add_argument("--json", metavar="FILE", help="also write the comparison as JSON")

@@ -112,9 +112,10 @@ def _check_same_data(table: pa.Table, a: RunInfo, b: RunInfo, rows_a: np.ndarray
 
 def compare(
     run_a: str, run_b: str, source: str | None = None, metrics: Sequence[str] | None = None, correct_metric: str | None = None,
-    threshold: float = DEFAULT_THRESHOLD, seed: int = 0, jobs: int | None = None,
+    threshold: float | None = None, seed: int = 0, jobs: int | None = None,
 ) -> Comparison:
     """Paired comparison of two completed runs on the examples both answered."""
+    threshold = DEFAULT_THRESHOLD if threshold is None else threshold
     refs = [resolve(run_a, source), resolve(run_b, source)]
     if refs[0].where() == refs[1].where():
         raise UserError(f"{refs[0].where()}: RUN_A and RUN_B are the same run")

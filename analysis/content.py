@@ -109,7 +109,7 @@ def _payback_section(analysis: Analysis) -> Section | None:
     headline = analysis.headline or ""
     rows = tuple(
         (
-            p.tuned.run.model, f"{p.tuned.run.method} ({p.tuned.run.shots}-shot)", f"{p.prompted.run.shots}-shot {p.prompted.run.method}",
+            p.tuned.run.model, f"{p.tuned.run.method} ({p.tuned.run.shots}-shot)", f"{p.prompted.run.method} ({p.prompted.run.shots}-shot)",
             p.tuned.run.decoding,
             number(p.tuned.quality[headline].mean if headline else None), number(p.prompted.quality[headline].mean if headline else None),
             number(p.tuned.speed["prompt_tokens_mean"]), number(p.prompted.speed["prompt_tokens_mean"]),

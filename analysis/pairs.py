@@ -108,7 +108,8 @@ def paybacks(summaries: Sequence[Summary]) -> tuple[list[Payback], list[str]]:
             train_seconds = t.training["train_seconds"]
             breakeven = None
             if per_query is not None and per_query > 0 and train_seconds is not None:
-                # Query q repays per_query seconds; after ceil(train / per_query) queries training is paid.
-                breakeven = math.ceil(train_seconds / per_query)
+                # Each query repays per_query seconds, so ceil(train / per_query) queries repay training;
+                # rounding first keeps 1800 / 0.018 at 100,000 instead of float's 100,000.000…1 → 100,001.
+                breakeven = math.ceil(round(train_seconds / per_query, 6))
             found.append(Payback(t, p, saved, rate, per_query, train_seconds, breakeven))
     return found, notes
