@@ -221,11 +221,15 @@ class _Pending:
     expected: dict[str, str | None]
 
 
+def _file_name(key: str) -> str:
+    return key.rsplit("/", 1)[-1]
+
+
 def _plan(ref: RunRef) -> _Pending:
     manifest = _read_manifest(ref)
     metrics = _read_json(ref, ref.keys.metrics)
     provenance = _read_json(ref, ref.keys.provenance, required=False)
-    names = {key.rsplit("/", 1)[-1] for key in ref.store.list(ref.key(ref.keys.predictions))}
+    names = {_file_name(key) for key in ref.store.list(ref.key(ref.keys.predictions))}
     indices = sorted(i for i in (shard_index(n) for n in names) if i is not None)
     if not indices:
         raise _RunProblem(ref.where(ref.keys.predictions), "no prediction shards")
@@ -239,14 +243,14 @@ def _plan(ref: RunRef) -> _Pending:
             checksums = parse_checksums(ref.store.read_bytes(ref.key(listing_key)))
         except ShardProblem as exc:
             raise _RunProblem(ref.where(listing_key), str(exc)) from None
-        unlisted = [f"shard-{i:05d}.parquet" for i in indices if f"shard-{i:05d}.parquet" not in checksums]
+        unlisted = [i for i in indices if _file_name(ref.keys.shard(i)) not in checksums]
         if unlisted:
-            raise _RunProblem(ref.where(ref.keys.shard(shard_index(unlisted[0]))), f"not listed in {CHECKSUMS_FILE}")
+            raise _RunProblem(ref.where(ref.keys.shard(unlisted[0])), f"not listed in {CHECKSUMS_FILE}")
         absent = sorted(set(checksums) - names)
         if absent:
             raise _RunProblem(ref.where(f"{ref.keys.predictions}/{absent[0]}"), f"listed in {CHECKSUMS_FILE} but missing")
     keys = [ref.keys.shard(i) for i in indices]
-    expected = {key: (checksums or {}).get(key.rsplit("/", 1)[-1]) for key in keys}
+    expected = {key: (checksums or {}).get(_file_name(key)) for key in keys}
     return _Pending(ref, manifest, metrics, provenance, keys, expected)
 
 
