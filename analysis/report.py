@@ -52,7 +52,8 @@ def analyse(source: str, metrics: Sequence[str] | None = None, seed: int = 0, jo
     store = open_store(source)
     refs, unfinished = find_runs(store)
     if not refs and not unfinished:
-        raise UserError(f"{source}: no runs found (expected <name>/<digest>/_SUCCESS folders under it)")
+        hint = "; it is one run's folder: pass the storage folder two levels up" if store.exists("manifest.yaml") else ""
+        raise UserError(f"{source}: no runs found (expected <name>/<digest>/_SUCCESS folders under it){hint}")
     loaded = load_runs(refs, show_progress=show_progress)
     loaded = Loaded(loaded.table, loaded.runs, tuple(unfinished) + loaded.skipped)
     if not loaded.runs:

@@ -158,6 +158,12 @@ def test_empty_source_exits_2_with_a_message(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_single_run_folder_as_source_exits_2_pointing_at_its_storage(tmp_path, capsys):
+    run = write_run(tmp_path / "runs", SyntheticRun("one"), EXAMPLES)
+    assert analysis_main(["report", str(run), "--out", str(tmp_path / "out")]) == 2
+    assert "pass the storage folder two levels up" in capsys.readouterr().err
+
+
 def test_source_with_only_unusable_runs_exits_2_listing_them(tmp_path, capsys):
     storage = tmp_path / "runs"
     unfinished = write_run(storage, SyntheticRun("unfinished"), EXAMPLES, success=False)
