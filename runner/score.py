@@ -11,7 +11,7 @@ import pyarrow as pa
 from runner.scoring import SCORERS, Scored, aggregate
 
 # Shard columns a scorer may read (see runner.scoring.Scored).
-_SCORED_COLUMNS = ("id", "dataset", "format", "prediction", "references", "options")
+_SCORED_COLUMNS = ("id", "dataset", "format", "prediction", "references", "options", "reference_nll", "reference_tokens")
 
 
 def score_rows(rows: Sequence[dict], metrics: Sequence[str]) -> list[dict[str, float | None]]:
@@ -21,10 +21,18 @@ def score_rows(rows: Sequence[dict], metrics: Sequence[str]) -> list[dict[str, f
     return [{name: s.score(item) for name, s in scorers.items()} for item in items]
 
 
-def _summary(scores: Sequence[dict[str, float | None]], metrics: Sequence[str]) -> dict[str, Any]:
+def reference_perplexity(rows: Sequence[dict]) -> float | None:
+    """exp(total answer NLL / total answer tokens): per-token perplexity of the reference answers."""
+    scored = [r for r in rows if r.get("reference_nll") is not None and r.get("reference_tokens")]
+    tokens = sum(r["reference_tokens"] for r in scored)
+    return math.exp(sum(r["reference_nll"] for r in scored) / tokens) if tokens else None
+
+
+def _summary(rows: Sequence[dict], scores: Sequence[dict[str, float | None]], metrics: Sequence[str]) -> dict[str, Any]:
     out: dict[str, Any] = {"n": len(scores)}
     for name in metrics:
         out[name] = aggregate(SCORERS.get(name), [s[name] for s in scores])
+    out["reference_perplexity"] = reference_perplexity(rows)
     return out
 
 
@@ -90,14 +98,18 @@ def compute_metrics(table: pa.Table, metrics: Sequence[str]) -> dict[str, Any]:
     scores = score_rows(rows, metrics)
     by_dataset: dict[str, list] = defaultdict(list)
     by_format: dict[str, list] = defaultdict(list)
-    for row, score in zip(rows, scores):
-        by_dataset[row["dataset"]].append(score)
-        by_format[row["format"]].append(score)
+    for pair in zip(rows, scores):
+        by_dataset[pair[0]["dataset"]].append(pair)
+        by_format[pair[0]["format"]].append(pair)
+
+    def summary(pairs) -> dict[str, Any]:
+        return _summary([p[0] for p in pairs], [p[1] for p in pairs], metrics)
+
     return {
         "metrics": list(metrics),
-        "overall": _summary(scores, metrics),
-        "by_dataset": {k: _summary(v, metrics) for k, v in sorted(by_dataset.items())},
-        "by_format": {k: _summary(v, metrics) for k, v in sorted(by_format.items())},
+        "overall": _summary(rows, scores, metrics),
+        "by_dataset": {k: summary(v) for k, v in sorted(by_dataset.items())},
+        "by_format": {k: summary(v) for k, v in sorted(by_format.items())},
         "generation": _speed(table) if table.num_rows else {},
     }
 

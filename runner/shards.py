@@ -37,6 +37,8 @@ SHARD_SCHEMA = pa.schema(
         ("batch_target_forwards", pa.int32()),
         ("draft_proposed_tokens", pa.int32()),
         ("draft_accepted_tokens", pa.int32()),
+        ("reference_nll", pa.float64()),
+        ("reference_tokens", pa.int32()),
     ]
 )
 

@@ -168,7 +168,7 @@ def test_finished_run_asked_for_other_metrics_is_rescored_without_regenerating(t
     assert _run_folder(wider, storage) == run, "the metric list is not part of the run's identity"
     assert main(["run", str(wider), "--storage", str(storage)]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics["overall"]) == {"n", "exact_match", "jaccard"}
+    assert set(metrics["overall"]) == {"n", "exact_match", "jaccard", "reference_perplexity"}
     assert {p: p.stat().st_mtime_ns for p in shards} == shards
 
 

@@ -151,3 +151,31 @@ def test_sampled_answers_depend_on_seed_and_example_not_on_batching(llama_querie
     assert sampled(1, 1) == sampled(1, 5) == sampled(1, 12)
     assert sampled(1, 12) != sampled(2, 12)
     assert sampled(1, 12) != greedy
+
+
+def test_reference_likelihood_counts_answer_tokens_only_and_ignores_batching(llama_queries, tiny_models):
+    import torch
+
+    from runner.perplexity import reference_nll
+
+    model, tokenizer, queries = llama_queries
+    fmt = PromptFormat(tokenizer, IclSpec())
+    batched = reference_nll(model, fmt, queries, "cpu", 4096)
+    for query, (nll, tokens) in zip(queries, batched):
+        answer = tokenizer(fmt.completion(query.prompt, query.example.answers[0]), add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([query.input_ids + answer])
+        with torch.inference_mode():
+            log_probs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
+        expected = -sum(log_probs[len(query.input_ids) - 1 + i, token].item() for i, token in enumerate(answer))
+        assert tokens == len(answer)
+        assert abs(nll - expected) < 1e-3 * max(1.0, expected)
+
+
+def test_reference_perplexity_is_the_exponent_of_token_weighted_mean_nll():
+    import math
+
+    from runner.score import reference_perplexity
+
+    rows = [{"reference_nll": 2.0, "reference_tokens": 1}, {"reference_nll": 6.0, "reference_tokens": 3}, {"reference_nll": None, "reference_tokens": None}]
+    assert reference_perplexity(rows) == pytest.approx(math.exp(8.0 / 4))
+    assert reference_perplexity(rows[2:]) is None

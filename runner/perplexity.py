@@ -1,0 +1,48 @@
+"""Perplexity of the reference answers given each evaluation prompt, for any model, trained or not.
+
+The answer is tokenized exactly as the trainer tokenizes its targets (`PromptFormat.completion`
+of the first reference, end-of-answer markup included), so a fine-tuned model's number here is
+comparable with its held-out perplexity from training, and with a prompted model's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from runner.generate import Query
+from runner.icl import PromptFormat
+
+
+def _answer_ids(fmt: PromptFormat, query: Query) -> list[int]:
+    text = fmt.completion(query.prompt, query.example.answers[0])
+    return fmt.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def reference_nll(model: Any, fmt: PromptFormat, batch: Sequence[Query], device: str, context_length: int) -> list[tuple[float, int]]:
+    """(summed negative log-likelihood, answer tokens) of each query's first reference answer."""
+    import torch
+
+    sequences, answer_lengths = [], []
+    for query in batch:
+        answer = _answer_ids(fmt, query)[: max(1, context_length - len(query.input_ids))]
+        sequences.append(query.input_ids + answer)
+        answer_lengths.append(len(answer))
+    width = max(len(s) for s in sequences)
+    pad = fmt.tokenizer.pad_token_id
+    ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        ids[row, width - len(sequence):] = torch.tensor(sequence)
+        mask[row, width - len(sequence):] = 1
+    with torch.inference_mode():
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+    # Prompt-tuned models put virtual tokens first; the last `width` positions are the input's.
+    logits = logits[:, -width:, :].float()
+    log_probs = torch.log_softmax(logits[:, :-1, :], dim=-1)
+    targets = ids[:, 1:].to(log_probs.device)
+    token_log_probs = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    results = []
+    for row, length in enumerate(answer_lengths):
+        nll = -token_log_probs[row, width - 1 - length:].sum().item()
+        results.append((nll, length))
+    return results
