@@ -19,10 +19,10 @@ setup:
     # headless Chromium renders report.html in tests/test_analysis_html.py (Debian package; needs root)
     command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
-# CPU demo: Gemma 3 270M zero-shot vs LoRA on the synthetic sets, then the report
+# CPU demo: Gemma 3 270M zero-shot, 3-shot, LoRA, prompt lookup and a SmolLM2 cross-tokenizer draft, then the report
 demo storage="runs" out="reports/demo":
     {{python}} -m runner validate manifests/demo
-    {{python}} -m runner run manifests/demo/gemma3-270m-zero-shot.yaml manifests/demo/gemma3-270m-lora.yaml --storage {{storage}}
+    {{python}} -m runner run manifests/demo/*.yaml --storage {{storage}}
     {{python}} -m analysis report {{storage}} --out {{out}}
     @echo "report: {{out}}/report.md (table: {{out}}/results.csv)"
     @cat {{out}}/report.md
