@@ -1,4 +1,4 @@
-"""`python -m runner`: validate | schema | run | score | data. Thin: heavy imports happen inside."""
+"""`python -m runner`: validate | schema | run | score | pull | data. Thin: heavy imports happen inside."""
 
 from __future__ import annotations
 
@@ -44,8 +44,10 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from runner import preemption
     from runner.run import run
 
+    preemption.install()
     for manifest in args.manifests:
         run(Path(manifest), args.storage)
     return 0
@@ -56,6 +58,17 @@ def _score(args: argparse.Namespace) -> int:
 
     metrics = rescore(args.run)
     print(json.dumps(metrics["overall"], indent=2))
+    return 0
+
+
+def _pull(args: argparse.Namespace) -> int:
+    from runner.storage import open_store
+
+    store = open_store(args.uri)
+    copied = store.copy_to("", Path(args.dest))
+    if not copied:
+        raise UserError(f"{args.uri}: nothing stored there")
+    print(f"{len(copied)} object(s) copied from {store.uri} to {args.dest}")
     return 0
 
 
@@ -95,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     score = commands.add_parser("score", help="recompute metrics.json of a stored run from its shards")
     score.add_argument("run", help="run location, e.g. runs/<name>/<digest>")
     score.set_defaults(handler=_score)
+
+    pull = commands.add_parser("pull", help="copy a run or a whole prefix from storage to a local folder, checksums verified")
+    pull.add_argument("uri", help="s3://bucket/prefix[/<name>/<digest>], file://... or a folder")
+    pull.add_argument("dest", help="local folder; each object lands at DEST/<its key below URI>")
+    pull.set_defaults(handler=_pull)
 
     data = commands.add_parser("data", help="get or make UnifiedQA-format data").add_subparsers(dest="data_command", required=True)
     fetch = data.add_parser("fetch", help="download official UnifiedQA TSVs")

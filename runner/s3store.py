@@ -266,8 +266,10 @@ class S3Store:
 
     def write_bytes(self, key: str, data: bytes) -> None:
         self._object(key)
-        self.cache.write_bytes(key, data)
+        # Journal first: a kill after it finds either no local copy (nothing to publish, the
+        # caller never saw success) or a whole one (cache writes are atomic) to publish later.
         with self._journal(key, "file"):
+            self.cache.write_bytes(key, data)
             self._upload(key, self._cached(key))
 
     def _cached(self, key: str) -> Path:
@@ -301,8 +303,8 @@ class S3Store:
         for path in Path(folder).rglob("*"):
             if path.is_file():
                 check_key(f"{key}/{path.relative_to(folder).as_posix()}")
-        self.cache.put_dir(key, Path(folder))  # no-op when `folder` is already local_dir(key)
         with self._journal(key, "dir"):
+            self.cache.put_dir(key, Path(folder))  # no-op when `folder` is already local_dir(key)
             self._upload_dir(key)
 
     def _upload_dir(self, key: str) -> None:

@@ -1,0 +1,72 @@
+"""Trainer checkpoints and the training log in storage: published as they are written, fetched on a fresh host.
+
+The trainer writes into `store.local_dir(keys.checkpoints)`. With the local store that folder is
+the store itself and publishing costs nothing; with S3 it is the local working folder, and
+publishing each complete checkpoint is what lets a preempted host's successor resume instead of
+starting over.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from runner.console import log
+from runner.paths import RunKeys
+from runner.storage import Store
+
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+def _stored_folders(store: Store, keys: RunKeys) -> dict[int, str]:
+    """Step → key of every checkpoint folder in storage, complete or not."""
+    folders = {}
+    for key in store.list(keys.checkpoints):
+        name = key[len(keys.checkpoints) + 1 :].split("/", 1)[0]
+        if name.startswith(CHECKPOINT_PREFIX) and name[len(CHECKPOINT_PREFIX) :].isdigit():
+            folders[int(name[len(CHECKPOINT_PREFIX) :])] = f"{keys.checkpoints}/{name}"
+    return folders
+
+
+def restore_training(store: Store, keys: RunKeys, checkpoint_dir: Path, log_path: Path) -> None:
+    """On a host with no complete checkpoint, fetch the newest complete one (and the log so far) from storage."""
+    from runner.train import complete_checkpoints
+
+    if not log_path.exists() and store.exists(keys.train_log):
+        log_path.write_bytes(store.read_bytes(keys.train_log))
+    if complete_checkpoints(checkpoint_dir):
+        return
+    for step, key in sorted(_stored_folders(store, keys).items(), reverse=True):
+        if store.dir_complete(key):
+            log(f"fetching checkpoint-{step} from storage")
+            store.sync_down(key)
+            return
+
+
+def publish_log(store: Store, keys: RunKeys, log_path: Path) -> None:
+    """Upload train_log.jsonl as it stands (a no-op rewrite of the same file for the local store)."""
+    if log_path.is_file():
+        store.write_bytes(keys.train_log, log_path.read_bytes())
+
+
+def checkpoint_publisher(store: Store, keys: RunKeys, checkpoint_dir: Path, log_path: Path):
+    """A TrainerCallback that publishes each complete checkpoint; list it after every callback that writes into checkpoints."""
+    from transformers import TrainerCallback
+
+    from runner.train import CHECKPOINT_COMPLETE
+
+    class PublishCheckpoints(TrainerCallback):
+        """After a save: upload the new checkpoint, drop stored ones the trainer rotated out locally."""
+
+        def on_save(self, args, state, control, **kwargs):
+            # The log first: it then holds exactly the steps up to this checkpoint, so a host
+            # that resumes from it neither misses nor repeats a record.
+            publish_log(store, keys, log_path)
+            folder = checkpoint_dir / f"{CHECKPOINT_PREFIX}{state.global_step}"
+            if (folder / CHECKPOINT_COMPLETE).is_file():
+                store.put_dir(f"{keys.checkpoints}/{folder.name}", folder)
+            kept = {p.name for p in checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*")}
+            for key in _stored_folders(store, keys).values():
+                if key.rsplit("/", 1)[-1] not in kept:
+                    store.remove_dir(key)
+
+    return PublishCheckpoints()
