@@ -64,6 +64,7 @@ def _prepare_model(loaded: LoadedManifest, store: Store, keys: RunKeys, train_ex
     """Load the base model, then apply the method and train it, or reload what was trained."""
     import transformers
 
+    from runner.checkpoints import checkpoint_publisher, publish_log, restore_training
     from runner.icl import PromptFormat
     from runner.methods import MethodContext
     from runner.models import load_model
@@ -78,22 +79,26 @@ def _prepare_model(loaded: LoadedManifest, store: Store, keys: RunKeys, train_ex
     context = MethodContext(total_steps=steps, model_type=base.model.config.model_type, tokenizer=base.tokenizer, device=base.device)
     if not method.trains:
         return method.apply(base.model, manifest.method, context), fmt, base, None
-    if store.list(keys.adapter):
-        adapter = store.local_dir(keys.adapter)
+    if store.dir_complete(keys.adapter):
+        adapter = store.sync_down(keys.adapter)
         log("training already done; loading the saved weights")
         summary = json.loads((adapter / TRAIN_SUMMARY).read_text())
         return method.load_trained(base.model, adapter, manifest.method), fmt, base, summary
     # Adapter initialisation draws from torch's global generator; seeding it makes it repeatable.
     transformers.set_seed(manifest.train.seed)
     model = method.apply(base.model, manifest.method, context)
+    checkpoint_dir, log_path = store.local_dir(keys.checkpoints), store.local_dir(keys.prefix) / "train_log.jsonl"
+    restore_training(store, keys, checkpoint_dir, log_path)  # a fresh host continues from storage
+    # The publisher goes last: the method's callbacks may still be writing into the checkpoint.
+    publisher = checkpoint_publisher(store, keys, checkpoint_dir, log_path)
     result = train(
         model,
         fmt,
         train_examples,
         manifest.train,
-        checkpoint_dir=store.local_dir(keys.checkpoints),
-        log_path=store.local_dir(keys.prefix) / "train_log.jsonl",
-        extra_callbacks=lambda steps: method.trainer_callbacks(model, manifest.method, steps),
+        checkpoint_dir=checkpoint_dir,
+        log_path=log_path,
+        extra_callbacks=lambda steps: [*method.trainer_callbacks(model, manifest.method, steps), publisher],
         device=base.device,
         use_bf16=base.device == "cuda" and str(base.model.dtype) == "torch.bfloat16",
     )
@@ -103,6 +108,7 @@ def _prepare_model(loaded: LoadedManifest, store: Store, keys: RunKeys, train_ex
         summary["adapter_bytes"] = sum(f.stat().st_size for f in Path(staging).rglob("*") if f.is_file())
         (Path(staging) / TRAIN_SUMMARY).write_text(json.dumps(summary, indent=2))
         store.put_dir(keys.adapter, Path(staging))
+    publish_log(store, keys, log_path)
     log(f"trained {result.steps} steps in {result.seconds:.0f}s, final loss {result.final_loss:.4f}")
     model.eval()
     return model, fmt, base, summary
@@ -193,6 +199,9 @@ def run(manifest_path: Path, storage: str | None = None) -> RunOutcome:
     manifest = loaded.manifest
     store, keys, data_files = plan(loaded, storage)
     location = f"{store.uri}/{keys.prefix}"
+    published = store.publish_pending(keys.prefix)  # what an attempt that lost storage kept locally
+    if published:
+        log(f"uploaded {len(published)} artifact(s) an earlier attempt kept locally")
     if store.exists(keys.success):
         stored = yaml.safe_load(store.read_bytes(keys.manifest))
         if tuple(stored["eval"]["metrics"]) != manifest.eval.metrics:
@@ -215,9 +224,11 @@ def run(manifest_path: Path, storage: str | None = None) -> RunOutcome:
         record = provenance.collect(base.device, base.identity, data_files, keys.digest)
         store.write_bytes(keys.provenance, json.dumps(record, indent=2).encode())
         _generate_shards(loaded, model, fmt, base, store, keys, evaluate, train_pool, todo)
-    elif method.trains and store.list(keys.adapter):
+    elif method.trains and store.dir_complete(keys.adapter):
         summary = json.loads(store.read_bytes(f"{keys.adapter}/{TRAIN_SUMMARY}"))
     metrics = _write_metrics(loaded, store, keys, evaluate, summary)
+    # _write_metrics read every shard back from storage (S3: each checked against its SHA-256)
+    # and matched the example ids, so _SUCCESS vouches for objects confirmed in storage.
     store.write_bytes(keys.success, json.dumps({"completed_at": time.time()}).encode())
     overall = metrics["overall"]
     shown = ", ".join(f"{k} {v:.3f}" for k, v in overall.items() if k != "n" and v is not None)
