@@ -1,4 +1,4 @@
-"""`python -m runner`: validate | schema | run | score | pull | data. Thin: heavy imports happen inside."""
+"""`python -m runner`: validate | schema | run | score | pull | expand | k8s | data. Thin: heavy imports happen inside."""
 
 from __future__ import annotations
 
@@ -87,6 +87,47 @@ def _data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _expand(args: argparse.Namespace) -> int:
+    from runner.grid import compare, expected_files, write
+
+    out = Path(args.out)
+    expected = expected_files(Path(args.grid), out)
+    if args.check:
+        difference = compare(expected, out)
+        for label, names in (("missing", difference.missing), ("differs", difference.changed), ("stale", difference.stale)):
+            for name in names:
+                error(f"{out / name}: {label}")
+        if difference:
+            error(f"{out} is not what {args.grid} expands to: run python -m runner expand {args.grid} --out {args.out}")
+            return 1
+        print(f"{out}: {len(expected)} manifest(s), current")
+        return 0
+    done = write(expected, out)
+    print(f"{out}: {len(expected)} manifest(s); {len(done.missing)} written, {len(done.changed)} updated, {len(done.stale)} stale removed")
+    return 0
+
+
+def _k8s(args: argparse.Namespace) -> int:
+    from runner.k8s import collect, job_settings, render
+
+    folder = Path(args.folder)
+    settings = job_settings(
+        folder, args.image, args.storage, name=args.name, mount_path=args.mount_path, parallelism=args.parallelism,
+        retries=args.retries, secret=args.secret, namespace=args.namespace, data_claim=args.data_claim,
+    )
+    text = render(collect(folder), settings)
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out.with_name(f".{out.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    temporary.replace(out)
+    print(f"{out}: ConfigMap and Indexed Job {settings.name}; kubectl apply -f {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(prog="python -m runner", description="Run and check qabench experiments.")
@@ -113,6 +154,26 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("uri", help="s3://bucket/prefix[/<name>/<digest>], file://... or a folder")
     pull.add_argument("dest", help="local folder; each object lands at DEST/<its key below URI>")
     pull.set_defaults(handler=_pull)
+
+    expand = commands.add_parser("expand", help="write one manifest per cell of a grid file; --check: fail if the folder is stale")
+    expand.add_argument("grid", help="grid file, e.g. manifests/grid.yaml")
+    expand.add_argument("--out", required=True, help="folder of generated manifests, e.g. manifests/grid/")
+    expand.add_argument("--check", action="store_true", help="write nothing; exit 1 if the folder differs from the expansion")
+    expand.set_defaults(handler=_expand)
+
+    k8s = commands.add_parser("k8s", help="write a ConfigMap and an Indexed Job running every manifest of a folder, one per pod")
+    k8s.add_argument("folder", help="folder of manifests, e.g. manifests/grid/; index i runs the i-th file in name order")
+    k8s.add_argument("--image", required=True, help="image with a fixed tag or digest, e.g. registry/qabench:1a2b3c4")
+    k8s.add_argument("--storage", required=True, help="s3://bucket/prefix every pod writes to")
+    k8s.add_argument("--parallelism", type=int, default=1, help="pods (GPUs) at once (default 1)")
+    k8s.add_argument("--retries", type=int, default=3, help="retries per index after an infrastructure failure (default 3)")
+    k8s.add_argument("--secret", default="qabench-credentials", help="Secret whose keys become environment variables (AWS_*, HF_TOKEN)")
+    k8s.add_argument("--namespace", help="namespace of both objects (default: kubectl's current one)")
+    k8s.add_argument("--name", help="Job name (default qabench-<folder name>)")
+    k8s.add_argument("--data-claim", help="PersistentVolumeClaim holding the manifests' data folder, mounted read-only")
+    k8s.add_argument("--mount-path", help="where the manifests appear in the pod (default /app/<folder>, its place in the image)")
+    k8s.add_argument("--out", help="write here instead of to stdout")
+    k8s.set_defaults(handler=_k8s)
 
     data = commands.add_parser("data", help="get or make UnifiedQA-format data").add_subparsers(dest="data_command", required=True)
     fetch = data.add_parser("fetch", help="download official UnifiedQA TSVs")
