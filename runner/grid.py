@@ -92,20 +92,6 @@ class Grid(_GridSpec):
             raise ValueError("the name comes from the grid's `name` template; remove base.name")
         return value
 
-    @field_validator("axes")
-    @classmethod
-    def _axes(cls, value: dict[str, list[AxisValue]]) -> dict[str, list[AxisValue]]:
-        for axis, values in value.items():
-            if not _IDENTIFIER.match(axis):
-                raise ValueError(f"axis name {axis!r} must be an identifier (letters, digits, _)")
-            if not values:
-                raise ValueError(f"axis {axis!r} has no values")
-            labels = [v.label for v in values]
-            repeated = sorted({label for label in labels if labels.count(label) > 1})
-            if repeated:
-                raise ValueError(f"axis {axis!r} repeats label(s) {repeated}")
-        return value
-
 
 def _as_list(labels: str | list[str]) -> list[str]:
     return [labels] if isinstance(labels, str) else list(labels)
@@ -273,6 +259,18 @@ def load_grid(path: Path) -> tuple[Grid, _LineIndex]:
 def _reference_problems(path: Path, grid: Grid, index: _LineIndex) -> list[Problem]:
     """The name template and the exclude rules may only name axes and labels that exist."""
     shown, problems = str(path), []
+    for axis, values in grid.axes.items():
+        line, field = index.locate(("axes", axis))
+        if not _IDENTIFIER.match(axis):
+            problems.append(Problem("an axis name is an identifier (letters, digits, _), used in the name template", shown, line, field))
+        if not values:
+            problems.append(Problem("an axis needs at least one value", shown, line, field))
+        seen: set[str] = set()
+        for position, value in enumerate(values):
+            if value.label in seen:
+                line, field = index.locate(("axes", axis, position, "label"))
+                problems.append(Problem(f"label {value.label!r} appears twice in this axis", shown, line, field))
+            seen.add(value.label)
     for key in ("name", "description"):
         line = index.locate((key,))[0]
         try:
