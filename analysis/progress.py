@@ -20,8 +20,8 @@ PLAIN_INTERVAL_SECONDS = 10.0
 
 
 class _Ticker:
-    def __init__(self, label: str, total: int, bar: Progress | None, task: int | None):
-        self._label, self._total, self._bar, self._task = label, total, bar, task
+    def __init__(self, label: str, total: int, bar: Progress | None, task: int | None, silent: bool = False):
+        self._label, self._total, self._bar, self._task, self._silent = label, total, bar, task, silent
         self._done = 0
         self._last = time.monotonic()
 
@@ -30,16 +30,17 @@ class _Ticker:
         self._done += amount
         if self._bar is not None:
             self._bar.advance(self._task, amount)
-        elif time.monotonic() - self._last > PLAIN_INTERVAL_SECONDS:
+        elif not self._silent and time.monotonic() - self._last > PLAIN_INTERVAL_SECONDS:
             self._last = time.monotonic()
             print(f"{self._label}: {self._done}/{self._total}", file=sys.stderr, flush=True)
 
 
 @contextmanager
 def progress(label: str, total: int, enabled: bool = True) -> Iterator[_Ticker]:
-    """A progress bar for `total` items when stderr is a terminal; periodic plain lines otherwise."""
+    """A progress bar for `total` items when stderr is a terminal; periodic plain lines otherwise;
+    nothing at all when not `enabled`."""
     if not enabled or not _console.is_terminal:
-        yield _Ticker(label, total, None, None)
+        yield _Ticker(label, total, None, None, silent=not enabled)
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=_console, transient=True) as bar:
