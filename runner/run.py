@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from runner import preemption
 from runner.console import log, progress
 from runner.data import Example, data_hash, load_split
 from runner.errors import StorageError, UserError
@@ -118,9 +119,11 @@ def _generate_shards(loaded, model, fmt, base, store, keys, evaluate, train_pool
     from runner.decoding import DECODINGS
     from runner.generate import Query, generate_batch, length_batches
     from runner.icl import select_shots, shot_rng
+    from runner.perplexity import reference_nll
 
     manifest = loaded.manifest
     decoding, size = manifest.decoding, manifest.eval.shard_size
+    score_references = manifest.eval.reference_perplexity
     overhead = METHODS.get(manifest.method.kind).prompt_overhead(manifest.method)
     budget = base.context_length - decoding.largest_new_tokens - overhead
     if budget < 16:
@@ -153,10 +156,13 @@ def _generate_shards(loaded, model, fmt, base, store, keys, evaluate, train_pool
             queries = queries_of(index)
             rows = []
             for number, batch in enumerate(length_batches(queries, decoding.batch_size, by_format)):
-                for row in generate_batch(model, fmt.tokenizer, batch, decoding, base.device, extra):
-                    rows.append({**row, "batch": f"{index:05d}-{number:04d}"})
+                generated = generate_batch(model, fmt.tokenizer, batch, decoding, base.device, extra)
+                likelihoods = reference_nll(model, fmt, batch, base.device, base.context_length) if score_references else [(None, None)] * len(batch)
+                for row, (nll, tokens) in zip(generated, likelihoods):
+                    rows.append({**row, "batch": f"{index:05d}-{number:04d}", "reference_nll": nll, "reference_tokens": tokens})
                 bar.advance(len(batch))
             store.write_bytes(keys.shard(index), encode_shard(rows))
+            preemption.stop_if_requested(f"shard {index}")
 
 
 def _write_metrics(loaded: LoadedManifest, store: Store, keys: RunKeys, evaluate: list[Example], train_summary) -> dict[str, Any]:

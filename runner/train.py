@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from runner import preemption
 from runner.console import log, progress
 from runner.data import Example
 from runner.icl import PromptFormat
@@ -270,7 +271,12 @@ def train(
         train_dataset=dataset,
         eval_dataset=eval_dataset,
         processing_class=fmt.tokenizer,
-        callbacks=[_progress_callback(steps, log_path), _mark_checkpoints_complete(), *extra_callbacks(steps)],
+        callbacks=[
+            _progress_callback(steps, log_path),
+            preemption.trainer_callback(),
+            _mark_checkpoints_complete(),
+            *extra_callbacks(steps),
+        ],
     )
     # Our own lines (and train_log.jsonl) replace the trainer's printed dicts.
     trainer.remove_callback(PrinterCallback)
@@ -286,6 +292,7 @@ def train(
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
     seconds = time.perf_counter() - started
+    preemption.stop_if_requested(f"checkpoint-{trainer.state.global_step}")
     # Counted before the final evaluation, whose batches go through the same collator.
     real, padded = counter.real, counter.padded
     after = _heldout_loss(trainer) if eval_dataset is not None else None

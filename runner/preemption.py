@@ -1,0 +1,62 @@
+"""SIGTERM as preemption: finish the current step or shard, save it, and exit for a retry.
+
+Spot hosts and Kubernetes evictions send SIGTERM and wait a grace period before SIGKILL. Instead of
+dying mid-batch, the run notes the request, lets the trainer write a checkpoint at the end of the
+step in progress (or finishes the shard being generated), then exits with EXIT_PREEMPTED so the
+orchestrator retries, and the retry resumes from what was saved.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+from runner.console import log
+from runner.errors import InfraError
+
+EXIT_PREEMPTED = 143
+"""128 + SIGTERM, what a shell reports for a process SIGTERM ended: retry the run."""
+
+_requested = threading.Event()
+
+
+class Preempted(InfraError):
+    """The run stopped on SIGTERM after saving its progress; rerunning resumes it."""
+
+    exit_code = EXIT_PREEMPTED
+
+
+def _on_sigterm(signum, frame) -> None:
+    if not _requested.is_set():
+        log("SIGTERM: stopping after the current training step or shard is saved")
+    _requested.set()
+
+
+def install() -> None:
+    """Turn SIGTERM into a stop request (call from the main thread, before work starts)."""
+    _requested.clear()
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def requested() -> bool:
+    """Whether a SIGTERM has arrived."""
+    return _requested.is_set()
+
+
+def stop_if_requested(saved: str) -> None:
+    """Raise Preempted, naming what was saved, when a SIGTERM has arrived."""
+    if _requested.is_set():
+        raise Preempted(f"stopped on SIGTERM after saving {saved}; rerun to resume from there")
+
+
+def trainer_callback():
+    """A TrainerCallback that, once SIGTERM arrived, saves a checkpoint at the step's end and stops."""
+    from transformers import TrainerCallback
+
+    class SaveAndStopOnSigterm(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if _requested.is_set():
+                control.should_save = True
+                control.should_training_stop = True
+
+    return SaveAndStopOnSigterm()
