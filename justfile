@@ -55,3 +55,13 @@ report source="runs" out="reports/latest":
 docs:
     {{python}} -m runner schema --markdown > manifests/README.md
     {{python}} -m runner data synth --out data/synthetic > /dev/null
+
+# a local S3 server (SeaweedFS, loopback only) to try s3:// storage; Ctrl-C stops it, data stays in dir
+seaweed dir="$HOME/.cache/qabench/seaweed" port="8333" key="qabench" secret="qabench-local-secret":
+    mkdir -p "{{dir}}/data"
+    printf '{"identities":[{"name":"qabench","credentials":[{"accessKey":"%s","secretKey":"%s"}],"actions":["Admin","Read","Write","List","Tagging"]}]}\n' '{{key}}' '{{secret}}' > "{{dir}}/s3.json"
+    @echo "S3 on http://127.0.0.1:{{port}}; in another shell:"
+    @echo "  export AWS_ENDPOINT_URL=http://127.0.0.1:{{port}} AWS_ACCESS_KEY_ID={{key}} AWS_SECRET_ACCESS_KEY={{secret}} AWS_REGION=us-east-1 QABENCH_S3_CREATE_BUCKET=1"
+    @echo "  .venv/bin/python -m runner run manifests/demo/gemma3-270m-lora.yaml --storage s3://qabench/runs"
+    # weed's own shutdown on SIGINT/SIGTERM can hang for minutes; a kill is safe for its data.
+    .venv/bin/weed server -dir="{{dir}}/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 -s3 -s3.port={{port}} -s3.config="{{dir}}/s3.json" -s3.autoCreateBucket=false -s3.port.iceberg=0 -s3.port.lance=0 -master.port=19333 -volume.port=18080 -filer.port=18888 -master.telemetry=false -master.resumeState=false -volume.max=0 -volume.preStopSeconds=0 & pid=$!; trap 'kill -KILL $pid 2>/dev/null' EXIT INT TERM; wait $pid

@@ -5,7 +5,7 @@ AWS_ENDPOINT_URL_S3, AWS_REGION / AWS_DEFAULT_REGION, AWS_ACCESS_KEY_ID / AWS_SE
 (/ AWS_SESSION_TOKEN) or AWS_PROFILE; never from a manifest, and no credential is ever put in
 a message, a log line or an artifact. qabench's own knobs:
 
-  QABENCH_S3_MAX_ATTEMPTS     attempts per request, with botocore's exponential backoff (default 8)
+  QABENCH_S3_MAX_ATTEMPTS     attempts per request, with botocore's exponential backoff (default 12)
   QABENCH_S3_CONNECT_TIMEOUT  seconds to open a connection (default 5)
   QABENCH_S3_READ_TIMEOUT     seconds to wait on a response (default 60)
   QABENCH_S3_ADDRESSING_STYLE path | virtual | auto (default: path with a custom endpoint)
@@ -53,9 +53,10 @@ DIR_MARKER = ".qabench_dir.json"
 PENDING = ".qabench_pending"
 """Folder in the working root holding one journal entry per upload not yet confirmed."""
 
-DEFAULT_MAX_ATTEMPTS = 8
-# botocore's standard mode sleeps a random time up to 2**attempt seconds (capped at 20) between
-# attempts: 8 attempts wait at most 1+2+4+8+16+20+20 = 71 s, about 35 s on average.
+DEFAULT_MAX_ATTEMPTS = 12
+# botocore's standard mode sleeps rand(0, 1) * min(0.05 s * 2**i, 20 s) before retry i+1 of an
+# error that is not throttling (1 s base for throttling): 12 attempts wait at most
+# 0.05 * (2**9 - 1) + 20 + 20 = 65.55 s, about 33 s on average, for a server that stays down.
 
 _DENIED = {"AccessDenied", "403", "SignatureDoesNotMatch", "InvalidAccessKeyId", "InvalidToken", "ExpiredToken", "AllAccessDisabled", "InvalidClientTokenId"}
 _NO_BUCKET = {"NoSuchBucket"}
@@ -78,7 +79,7 @@ def _env_number(name: str, default: float, kind: type = float) -> Any:
 
 
 def max_attempts() -> int:
-    """The retry budget per request: QABENCH_S3_MAX_ATTEMPTS, default 8."""
+    """The retry budget per request: QABENCH_S3_MAX_ATTEMPTS, default 12."""
     return _env_number("QABENCH_S3_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, int)
 
 

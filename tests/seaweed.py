@@ -8,6 +8,7 @@ can be stopped and started again on the same folder and ports, to test outages.
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import socket
 import subprocess
@@ -35,11 +36,21 @@ def weed_binary() -> str | None:
     return str(beside) if beside.is_file() else shutil.which("weed")
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on right now (the kernel's pick)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def free_port(rng: random.Random | None = None) -> int:
+    """A TCP port nothing is bound to right now, below Linux's ephemeral range (32768+).
+
+    Ports the kernel hands out for outgoing connections (other tests, other users) come from the
+    ephemeral range; picking below it makes a collision before the server binds unlikely.
+    """
+    rng = rng or random.Random()
+    while True:
+        port = rng.randrange(20000, 32000)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 class Seaweed:
@@ -48,9 +59,7 @@ class Seaweed:
     def __init__(self, root: Path):
         self.root = root
         self.binary = weed_binary()
-        names = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3", "s3_grpc")
-        self.ports = {name: free_port() for name in names}
-        self.endpoint = f"http://127.0.0.1:{self.ports['s3']}"
+        self.pick_ports()
         self.log_path = root / "weed.log"
         self._process: subprocess.Popen | None = None
         (root / "data").mkdir(parents=True, exist_ok=True)
@@ -64,6 +73,15 @@ class Seaweed:
             ]
         }
         (root / "s3.json").write_text(json.dumps(identities))
+
+    def pick_ports(self) -> None:
+        """Eight distinct free ports; kept across stop() and start() so clients reconnect."""
+        rng, names = random.Random(), ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3", "s3_grpc")
+        ports: set[int] = set()
+        while len(ports) < len(names):
+            ports.add(free_port(rng))
+        self.ports = dict(zip(names, sorted(ports)))
+        self.endpoint = f"http://127.0.0.1:{self.ports['s3']}"
 
     def _command(self) -> list[str]:
         p = self.ports
@@ -210,12 +228,16 @@ def running_seaweed(root: Path) -> Iterator[Seaweed]:
     import pytest
 
     server = Seaweed(root)
-    try:
-        server.start()
-        server.create_bucket(BUCKET)
-    except SeaweedUnavailable as exc:
-        server.stop()
-        pytest.skip(f"SeaweedFS unavailable, S3 tests skipped: {exc}")
+    for attempt in range(3):
+        try:
+            server.start()
+            server.create_bucket(BUCKET)
+            break
+        except SeaweedUnavailable as exc:
+            server.stop()
+            if server.binary is None or attempt == 2:
+                pytest.skip(f"SeaweedFS unavailable, S3 tests skipped: {exc}")
+            server.pick_ports()  # another process may have taken a port between the pick and the bind
     try:
         yield server
     finally:
