@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run manifests (skips finished runs, resumes interrupted ones)")
     run.add_argument("manifests", nargs="+")
-    run.add_argument("--storage", help="storage URI (folder or file://); overrides output.storage; default runs/")
+    run.add_argument("--storage", help="storage URI (folder, file:// or s3://bucket/prefix); overrides output.storage; default runs/")
     run.set_defaults(handler=_run)
 
     score = commands.add_parser("score", help="recompute metrics.json of a stored run from its shards")

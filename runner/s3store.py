@@ -313,7 +313,7 @@ class S3Store:
         files = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file() and not p.name.startswith("."))
         marker = f"{key}/{DIR_MARKER}"
         before = set(self._list_all(key))
-        # Marker off first, on last: a reader never takes a folder that is being replaced for whole.
+        # Marker off first, on last: a folder being replaced never passes for a complete one.
         if marker in before:
             self._delete([marker])
         checksums = {}
@@ -411,6 +411,10 @@ class S3Store:
             except (OSError, ValueError):
                 continue
             key = record.get("key", "")
+            try:
+                check_key(key)
+            except UserError:
+                continue  # not an entry this store wrote
             if key == prefix or key.startswith(f"{prefix}/") or not prefix:
                 entries.append((record.get("since", 0), key, record.get("kind"), path))
         published = []

@@ -15,7 +15,7 @@ import pytest
 
 import seaweed as sw
 from runner.cli import main
-from runner.errors import StorageError, UserError
+from runner.errors import StorageError
 from runner.storage import open_store
 
 REPO = Path(__file__).resolve().parent.parent

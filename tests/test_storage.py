@@ -10,7 +10,6 @@ import os
 import shutil
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
