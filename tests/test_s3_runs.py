@@ -128,6 +128,11 @@ def test_lora_run_to_s3_reports_from_s3_like_the_same_run_stored_locally(s3, tin
     assert _unmeasured(from_s3 / "results.csv") == _unmeasured(from_local / "results.csv")
     assert _predictions(s3.objects(), run) == _local_predictions(local / run)
 
+    # Rescoring reads the shards from the bucket and writes metrics.json back there.
+    original = json.loads(objects[f"{run}/metrics.json"][0])
+    assert main(["score", f"{s3.uri}/{run}"]) == 0
+    assert json.loads(s3.objects()[f"{run}/metrics.json"][0])["overall"] == original["overall"]
+
     out = capsys.readouterr()
     assert sw.SECRET_KEY not in out.out + out.err
     assert _files_containing(tmp_path, sw.SECRET_KEY) == []
