@@ -1,0 +1,228 @@
+"""Kubernetes output: valid against the API schema, one index per manifest, bad input refused,
+and the pod command run outside a cluster against a real S3 server."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+from runner.cli import main
+from runner.k8s import CACHE, CONTAINER, collect, job_settings, render
+
+KUBERNETES_VERSION = "1.37.0"
+"""The newest version kubernetes-validate 1.37.0 ships schemas for."""
+GRID = REPO / "manifests" / "grid"
+IMAGE = "registry.example.com/qabench:1a2b3c4"
+STORAGE = "s3://qabench-runs/grid"
+
+
+def _render(tmp_path: Path, *extra: str, folder: Path = GRID) -> Path:
+    out = tmp_path / "job.yaml"
+    assert main(["k8s", str(folder), "--image", IMAGE, "--storage", STORAGE, "--out", str(out), "--mount-path", "/app/manifests/grid", *extra]) == 0
+    return out
+
+
+def _documents(path: Path) -> dict[str, dict]:
+    return {doc["kind"]: doc for doc in yaml.safe_load_all(path.read_text())}
+
+
+def test_rendered_objects_pass_kubernetes_validate_strict(tmp_path, capsys):
+    out = _render(tmp_path, "--parallelism", "4", "--namespace", "research", "--data-claim", "unifiedqa")
+    binary = Path(sys.executable).parent / "kubernetes-validate"
+    result = subprocess.run([str(binary), "--strict", "-k", KUBERNETES_VERSION, str(out)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "passed for resource configmap/" in result.stdout and "passed for resource job/qabench-grid" in result.stdout
+
+
+def test_job_has_one_index_per_manifest_in_file_name_order(tmp_path, capsys):
+    documents = _documents(_render(tmp_path, "--parallelism", "4"))
+    configmap, job = documents["ConfigMap"], documents["Job"]
+    names = sorted(f.name for f in GRID.glob("*.yaml"))
+    assert sorted(configmap["data"]) == names
+    assert all(configmap["data"][n] == (GRID / n).read_text() for n in names)
+    assert configmap["immutable"] is True
+    spec = job["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", len(names), 4)
+    pod = spec["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "manifests")["configMap"]
+    assert volume["name"] == configmap["metadata"]["name"]
+    assert volume["items"] == [{"key": n, "path": f"{i}.yaml"} for i, n in enumerate(names)]
+    container = pod["containers"][0]
+    assert container["args"] == ["/app/manifests/grid/$(JOB_COMPLETION_INDEX).yaml", "--storage", STORAGE]
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": 1}
+    assert container["envFrom"] == [{"secretRef": {"name": "qabench-credentials"}}]
+
+
+def test_failure_policy_fails_the_index_on_user_error_and_ignores_preemption(tmp_path, capsys):
+    spec = _documents(_render(tmp_path, "--retries", "5"))["Job"]["spec"]
+    assert spec["backoffLimitPerIndex"] == 5
+    assert spec["template"]["spec"]["restartPolicy"] == "Never"
+    rules = spec["podFailurePolicy"]["rules"]
+    assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    assert rules[1] == {"action": "FailIndex", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [2]}}
+
+
+def test_rendering_twice_gives_the_same_bytes(tmp_path, capsys):
+    first = _render(tmp_path).read_bytes()
+    assert _render(tmp_path).read_bytes() == first
+
+
+def test_default_mount_path_is_the_folders_place_below_the_image_workdir(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    assert main(["k8s", "manifests/seed-study", "--image", IMAGE, "--storage", STORAGE]) == 0
+    job = list(yaml.safe_load_all(capsys.readouterr().out))[1]
+    assert job["metadata"]["name"] == "qabench-seed-study"
+    mount = job["spec"]["template"]["spec"]["containers"][0]["volumeMounts"][0]
+    # ../../data/unifiedqa in a manifest then means /app/data/unifiedqa, as in the checkout.
+    assert mount == {"name": "manifests", "mountPath": "/app/manifests/seed-study", "readOnly": True}
+
+
+def test_data_claim_is_mounted_where_the_manifests_look_for_data(tmp_path, capsys):
+    pod = _documents(_render(tmp_path, "--data-claim", "unifiedqa"))["Job"]["spec"]["template"]["spec"]
+    assert {"name": "data", "mountPath": "/app/data/unifiedqa", "readOnly": True} in pod["containers"][0]["volumeMounts"]
+    assert {"name": "data", "persistentVolumeClaim": {"claimName": "unifiedqa", "readOnly": True}} in pod["volumes"]
+
+
+@pytest.mark.parametrize(
+    "image, message",
+    [
+        ("qabench", "has no tag"),
+        ("registry.example.com:5000/team/qabench", "has no tag"),
+        ("qabench:latest", "`latest` moves"),
+        ("qabench@sha256:abc", "64 hex digits"),
+    ],
+)
+def test_image_without_a_fixed_version_is_refused(tmp_path, capsys, image, message):
+    assert main(["k8s", str(GRID), "--image", image, "--storage", STORAGE, "--mount-path", "/m"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_image_pinned_by_digest_or_registry_port_and_tag_is_accepted(tmp_path, capsys):
+    for image in ("qabench@sha256:" + "0" * 64, "registry.example.com:5000/team/qabench:v1"):
+        assert main(["k8s", str(GRID), "--image", image, "--storage", STORAGE, "--mount-path", "/m", "--out", str(tmp_path / "j.yaml")]) == 0
+
+
+@pytest.mark.parametrize("storage", ["runs", "file:///shared/runs", "/mnt/runs", "s3://", "gs://bucket/x"])
+def test_storage_that_pods_cannot_share_is_refused(capsys, storage):
+    assert main(["k8s", str(GRID), "--image", IMAGE, "--storage", storage, "--mount-path", "/m"]) == 2
+    assert "pods on different nodes cannot share a local folder; use s3://bucket/prefix" in capsys.readouterr().err
+
+
+def test_every_bad_argument_is_reported_at_once(capsys):
+    assert main(["k8s", str(GRID), "--image", "qabench", "--storage", "runs", "--name", "Bad_Name", "--parallelism", "0"]) == 2
+    err = capsys.readouterr().err
+    assert all(text in err for text in ("has no tag", "cannot share a local folder", "--name 'Bad_Name'", "--parallelism must be at least 1"))
+
+
+def test_folder_with_an_invalid_manifest_is_refused_with_its_problems(tmp_path, capsys):
+    folder = tmp_path / "set"
+    folder.mkdir()
+    shutil.copy(GRID / "gemma-2b-none-0-shot-greedy.yaml", folder)
+    bad = folder / "broken.yaml"
+    bad.write_text((GRID / "gemma-2b-lora-0-shot-greedy.yaml").read_text().replace("  r: 16\n", "  r: 0\n"))
+    line = bad.read_text().splitlines().index("  r: 0") + 1
+    out = tmp_path / "job.yaml"
+    assert main(["k8s", str(folder), "--image", IMAGE, "--storage", STORAGE, "--mount-path", "/m", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:{line}: method.r: Input should be greater than or equal to 1" in err
+    assert not out.exists()
+
+
+def test_folder_whose_manifests_exceed_a_configmap_is_refused(tmp_path, capsys):
+    folder = tmp_path / "big"
+    folder.mkdir()
+    text = (GRID / "gemma-2b-none-0-shot-greedy.yaml").read_text()
+    padding = "# " + "x" * 998 + "\n"
+    for index in range(3):
+        (folder / f"m{index}.yaml").write_text(text + padding * 400)  # 3 × ~400 kB
+    assert main(["k8s", str(folder), "--image", IMAGE, "--storage", STORAGE, "--mount-path", "/m"]) == 2
+    assert "over a ConfigMap's 1,048,576: split the folder" in capsys.readouterr().err
+
+
+def test_manifests_in_subfolders_are_refused(tmp_path, capsys):
+    folder = tmp_path / "set"
+    (folder / "sub").mkdir(parents=True)
+    shutil.copy(GRID / "gemma-2b-none-0-shot-greedy.yaml", folder / "sub")
+    assert main(["k8s", str(folder), "--image", IMAGE, "--storage", STORAGE, "--mount-path", "/m"]) == 2
+    assert "manifests in subfolders" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# The pod's own command, run outside Kubernetes: what the kubelet would do, done by hand.
+
+
+def _kubelet_expand(value: str, env: dict[str, str]) -> str:
+    """$(NAME) → env[NAME] as the kubelet substitutes container args; unknown names stay as written."""
+    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), value)
+
+
+def _pod_process(job: dict, configmap: dict, index: int, root: Path, secret: dict[str, str]) -> subprocess.Popen:
+    """Start one "pod": the ConfigMap's items written where the Job mounts them, the container's env
+    (the Secret's keys first, its own env over them; /cache is the pod's own emptyDir), its args
+    after substitution, given to the image's entrypoint script."""
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    items = next(v for v in pod["volumes"] if v["name"] == "manifests")["configMap"]["items"]
+    mounted = Path(mounts["manifests"])
+    mounted.mkdir(parents=True, exist_ok=True)
+    for item in items:
+        (mounted / item["path"]).write_text(configmap["data"][item["key"]])
+    cache = root / f"cache-{uuid.uuid4().hex[:6]}"
+    env = {**os.environ, **secret, "JOB_COMPLETION_INDEX": str(index), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    for variable in container["env"]:
+        if "value" in variable:
+            env[variable["name"]] = variable["value"].replace(CACHE, str(cache))
+    args = [_kubelet_expand(a, env) for a in container["args"]]
+    log = (root / f"pod-{index}-{cache.name}.log").open("w")
+    return subprocess.Popen([str(REPO / "docker" / "entrypoint.sh"), *args], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def test_two_indexes_and_a_duplicate_pod_against_s3_each_finish_their_own_run(seaweed, tiny_manifest, tmp_path, monkeypatch):
+    import seaweed as sw
+    from analysis.cli import main as analysis_main
+    from runner.manifest import load_manifest
+    from runner.run import plan
+
+    prefix = f"k8s-{uuid.uuid4().hex[:8]}"
+    storage = f"s3://{sw.BUCKET}/{prefix}"
+    lora = tiny_manifest("pod-lora", method={"kind": "lora", "r": 4, "alpha": 8, "target_modules": "attention"})
+    tiny_manifest("pod-zero-shot")
+    folder = lora.parent
+    settings = job_settings(folder, IMAGE, storage, mount_path=str(tmp_path / "mounted" / "manifests"))
+    configmap, job = yaml.safe_load_all(render(collect(folder), settings))
+    secret = {k: v for k, v in seaweed.env(tmp_path / "unused").items() if not k.startswith("QABENCH_WORKDIR")}
+    sw.use(monkeypatch, seaweed.env(tmp_path / "checks"))
+
+    # Index 0 twice at once: a pod the Job controller thinks lost, still running beside its replacement.
+    pods = [_pod_process(job, configmap, index, tmp_path, secret) for index in (0, 1, 0)]
+    codes = [pod.wait(timeout=900) for pod in pods]
+    logs = "\n".join(f"--- {p.name}\n{p.read_text()}" for p in sorted(tmp_path.glob("pod-*.log")))
+    assert codes == [0, 0, 0], logs
+    assert "Traceback" not in logs
+
+    client = seaweed.client()
+    keys = {o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=sw.BUCKET, Prefix=f"{prefix}/") for o in page.get("Contents", [])}
+    names = [item["key"] for item in job["spec"]["template"]["spec"]["volumes"][0]["configMap"]["items"]]
+    assert names == ["pod-lora.yaml", "pod-zero-shot.yaml"]  # index 0 = lora, 1 = zero-shot
+    for manifest in (lora, folder / "pod-zero-shot.yaml"):
+        run = plan(load_manifest(manifest), str(tmp_path / "keys-only"))[1].prefix
+        assert f"{prefix}/{run}/_SUCCESS" in keys and f"{prefix}/{run}/metrics.json" in keys
+    # A pod restarted after its run finished redoes nothing.
+    again = _pod_process(job, configmap, 0, tmp_path, secret)
+    assert again.wait(timeout=300) == 0
+    assert "already complete" in sorted(tmp_path.glob("pod-*.log"), key=lambda p: p.stat().st_mtime)[-1].read_text()
+    # Both finished runs are readable as a whole: the duplicate left no torn or extra shard behind.
+    assert analysis_main(["report", storage, "--out", str(tmp_path / "report"), "--no-figures"]) == 0
+    rows = (tmp_path / "report" / "results.csv").read_text().splitlines()
+    assert len(rows) == 3, rows
