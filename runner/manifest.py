@@ -140,6 +140,9 @@ class EvalSpec(Spec):
     predictions, so a finished run asked for other metrics is rescored without the model."""
     shard_size: int = Field(64, ge=1)
     """Examples per prediction shard; an interrupted run resumes at the last complete shard."""
+    merge_adapter: bool = True
+    """Fold a trained adapter into full-precision base weights before generating (faster; equal
+    up to float rounding). Quantized bases and prompt tuning are always evaluated unmerged."""
     reference_perplexity: bool = True
     """Also score the first reference answer's likelihood given each prompt (one extra forward
     pass per batch, untimed): perplexity for any model, trained or not."""

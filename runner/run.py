@@ -177,7 +177,11 @@ def _write_metrics(loaded: LoadedManifest, store: Store, keys: RunKeys, evaluate
     metrics = {
         "name": loaded.manifest.name,
         "digest": keys.digest,
-        "method": {"kind": loaded.manifest.method.kind, **method.record(loaded.manifest.method)},
+        "method": {
+            "kind": loaded.manifest.method.kind,
+            "adapter_merged_for_eval": loaded.manifest.eval.merge_adapter and method.mergeable,
+            **method.record(loaded.manifest.method),
+        },
         **compute_metrics(table, loaded.manifest.eval.metrics),
     }
     if train_summary is not None:
@@ -227,6 +231,9 @@ def run(manifest_path: Path, storage: str | None = None) -> RunOutcome:
         if len(todo) < n_shards:
             log(f"resuming: {n_shards - len(todo)} of {n_shards} shards already done")
         model, fmt, base, summary = _prepare_model(loaded, store, keys, train_pool)
+        if manifest.eval.merge_adapter and method.mergeable:
+            # merge_and_unload returns the base model with updated weights; the saved adapter stays.
+            model = model.merge_and_unload()
         record = provenance.collect(base.device, base.identity, data_files, keys.digest)
         store.write_bytes(keys.provenance, json.dumps(record, indent=2).encode())
         _generate_shards(loaded, model, fmt, base, store, keys, evaluate, train_pool, todo)

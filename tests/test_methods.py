@@ -17,6 +17,7 @@ from runner.cli import main
 from runner.errors import UserError
 from runner.manifest import load_manifest
 from runner.methods import METHODS, MethodContext
+from runner.models import load_tokenizer
 from runner.run import plan
 
 FAMILIES = ("llama", "gemma", "mistral")
@@ -124,7 +125,8 @@ def _train_and_reload(folder: Path, data: Path, model: Path, name: str, method: 
         method=method,
         train={"steps": 2, "batch_size": 4, "learning_rate": 1e-2, "save_steps": 100, "logging_steps": 1},
         decoding={"kind": "greedy", "max_new_tokens": 6, "batch_size": 4},
-        eval={"shard_size": 4},
+        # Unmerged, so the model that generates is the one that trained (merging: its own test).
+        eval={"shard_size": 4, "merge_adapter": False},
     )
     storage = folder / "runs"
     loaded = load_manifest(manifest)
@@ -282,6 +284,31 @@ def test_adalora_resumes_from_a_checkpoint_taken_while_pruning(tiny_manifest, tm
 
 # ---------------------------------------------------------------------------------------------
 # Prompt tuning: generation with the KV cache and left padding.
+
+
+@pytest.mark.parametrize("kind", ["lora", "ia3", "adalora"])
+def test_mergeable_adapters_are_folded_into_the_base_for_evaluation_without_changing_answers(kind, tiny_manifest, tmp_path):
+    import torch
+
+    from runner.methods import METHODS
+
+    assert METHODS.get(kind).mergeable and not METHODS.get("qlora").mergeable and not METHODS.get("prompt_tuning").mergeable
+    train = {"steps": 4, "batch_size": 4, "learning_rate": 1e-2, "save_steps": 100, "logging_steps": 1, "heldout_examples": 0}
+    outcomes = {}
+    for merge in (False, True):
+        manifest = tiny_manifest(f"merge-{kind}-{merge}", method=TRAINABLE[kind], train=train, eval={"shard_size": 8, "merge_adapter": merge})
+        with pytest.MonkeyPatch.context() as patch:
+            models = _capture_models(patch)
+            assert main(["run", str(manifest), "--storage", str(tmp_path / "runs")]) == 0
+        run = tmp_path / "runs" / plan(load_manifest(manifest), str(tmp_path / "runs"))[1].prefix
+        tokenizer = load_tokenizer(str(load_manifest(manifest).resolve(load_manifest(manifest).manifest.model.path)))
+        outcomes[merge] = (models[0], _predictions(run), json.loads((run / "metrics.json").read_text()), _probe_logits(models[0], tokenizer))
+    (unmerged, unmerged_answers, unmerged_metrics, unmerged_logits), (merged, merged_answers, merged_metrics, merged_logits) = outcomes[False], outcomes[True]
+    assert "Peft" in type(unmerged).__name__ and "Peft" not in type(merged).__name__
+    assert not any("lora" in name or "ia3" in name for name, _ in merged.named_parameters()), "no adapter layers remain"
+    torch.testing.assert_close(merged_logits, unmerged_logits, rtol=1e-4, atol=1e-4)
+    assert merged_answers == unmerged_answers
+    assert merged_metrics["method"]["adapter_merged_for_eval"] and not unmerged_metrics["method"]["adapter_merged_for_eval"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -85,6 +85,9 @@ class Method:
     """Facts about how the method was evaluated, copied into metrics.json (e.g. adapter unmerged)."""
     prompt_overhead: Callable[[Spec], int] = _no_prompt_overhead
     """Context positions the method adds in front of every prompt (prompt tuning's virtual tokens)."""
+    mergeable: bool = False
+    """The trained adapter folds into full-precision base weights (peft `merge_and_unload`), so
+    evaluation can run without the adapter's extra matmuls when `eval.merge_adapter` allows."""
 
 
 METHODS: Registry[Method] = Registry(__name__, "method")

@@ -203,5 +203,6 @@ register(
         cross_checks=_cross_checks,
         trainer_callbacks=trainer_callbacks,
         save_trained=save_trained,
+        mergeable=True,
     ),
 )

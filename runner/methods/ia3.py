@@ -85,4 +85,4 @@ def apply(model: Any, spec: Ia3Spec, context: MethodContext) -> Any:
     return get_peft_model(model, config)
 
 
-register("ia3", Method(spec=Ia3Spec, apply=apply, trains=True))
+register("ia3", Method(spec=Ia3Spec, apply=apply, trains=True, mergeable=True))

@@ -81,4 +81,4 @@ def apply(model: Any, spec: LoraSpec, context: MethodContext) -> Any:
     return get_peft_model(model, lora_config(spec, model))
 
 
-register("lora", Method(spec=LoraSpec, apply=apply, trains=True))
+register("lora", Method(spec=LoraSpec, apply=apply, trains=True, mergeable=True))
