@@ -80,6 +80,11 @@ class RunKeys:
         return self._key("predictions", f"shard-{index:05d}.parquet")
 
     @property
+    def checksums(self) -> str:
+        """sha256 of every shard, written with the metrics: readers verify what they load."""
+        return self._key("predictions", "_CHECKSUMS.json")
+
+    @property
     def metrics(self) -> str:
         return self._key("metrics.json")
 

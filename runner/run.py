@@ -24,7 +24,7 @@ from runner.errors import StorageError, UserError
 from runner.manifest import LoadedManifest, load_manifest, resolved_dict, run_digest
 from runner.methods import METHODS
 from runner.paths import RunKeys
-from runner.shards import completed_shards, encode_shard, read_predictions
+from runner.shards import completed_shards, encode_shard, read_predictions, read_predictions_and_checksums
 from runner.storage import Store, open_store
 
 TRAIN_SUMMARY = "qabench_train.json"
@@ -168,7 +168,7 @@ def _generate_shards(loaded, model, fmt, base, store, keys, evaluate, train_pool
 def _write_metrics(loaded: LoadedManifest, store: Store, keys: RunKeys, evaluate: list[Example], train_summary) -> dict[str, Any]:
     from runner.score import compute_metrics
 
-    table = read_predictions(store, keys)
+    table, checksums = read_predictions_and_checksums(store, keys)
     expected = {e.id for e in evaluate}
     found = table.column("id").to_pylist()
     if len(found) != len(expected) or set(found) != expected:
@@ -186,6 +186,7 @@ def _write_metrics(loaded: LoadedManifest, store: Store, keys: RunKeys, evaluate
     }
     if train_summary is not None:
         metrics["train"] = train_summary
+    store.write_bytes(keys.checksums, json.dumps({"sha256": checksums}, indent=2, sort_keys=True).encode())
     store.write_bytes(keys.metrics, json.dumps(metrics, indent=2).encode())
     return metrics
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 from typing import Sequence
 
@@ -71,7 +72,17 @@ def completed_shards(store: Store, keys: RunKeys) -> set[int]:
 
 def read_predictions(store: Store, keys: RunKeys) -> pa.Table:
     """All shards of a run concatenated in shard order."""
-    tables = [decode_shard(store.read_bytes(keys.shard(i)), keys.shard(i)) for i in sorted(completed_shards(store, keys))]
+    return read_predictions_and_checksums(store, keys)[0]
+
+
+def read_predictions_and_checksums(store: Store, keys: RunKeys) -> tuple[pa.Table, dict[str, str]]:
+    """All shards concatenated in shard order, and the sha256 of each shard file by file name."""
+    tables, checksums = [], {}
+    for index in sorted(completed_shards(store, keys)):
+        key = keys.shard(index)
+        data = store.read_bytes(key)
+        tables.append(decode_shard(data, key))
+        checksums[key.rsplit("/", 1)[-1]] = hashlib.sha256(data).hexdigest()
     if not tables:
-        return SHARD_SCHEMA.empty_table()
-    return pa.concat_tables(tables, promote_options="default")
+        return SHARD_SCHEMA.empty_table(), checksums
+    return pa.concat_tables(tables, promote_options="default"), checksums

@@ -236,3 +236,26 @@ def test_k_shot_prompts_only_ever_use_train_split_examples(tiny_manifest, tmp_pa
     for row in rows:
         assert row["n_shots"] == 2 and all(s.startswith(f"{row['dataset']}/train/") for s in row["shot_ids"])
         assert "/dev/" in row["id"]
+
+
+def test_completed_run_lists_each_shard_checksum_and_the_report_skips_a_shard_changed_later(tiny_manifest, tmp_path, capsys):
+    import hashlib
+
+    manifest = tiny_manifest("checksummed", eval={"shard_size": 8})
+    storage = tmp_path / "runs"
+    assert main(["run", str(manifest), "--storage", str(storage)]) == 0
+    run = _run_folder(manifest, storage)
+    listed = json.loads((run / "predictions" / "_CHECKSUMS.json").read_text())["sha256"]
+    shards = sorted((run / "predictions").glob("*.parquet"))
+    assert listed == {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in shards} and len(listed) == 3
+
+    good = tiny_manifest("checksummed-good", eval={"shard_size": 8})
+    assert main(["run", str(good), "--storage", str(storage)]) == 0
+    table = pq.read_table(shards[1])
+    pq.write_table(table.slice(0, 7), shards[1])  # a shard replaced after the run completed
+    capsys.readouterr()
+    assert analysis_main(["report", str(storage), "--out", str(tmp_path / "report")]) == 0
+    err = capsys.readouterr().err
+    assert "shard-00001.parquet" in err and "checksum" in err
+    results = (tmp_path / "report" / "results.csv").read_text()
+    assert "checksummed-good" in results and "checksummed," not in results
