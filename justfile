@@ -51,10 +51,51 @@ run +manifests:
 report source="runs" out="reports/latest":
     {{python}} -m analysis report {{source}} --out {{out}}
 
+# Image: QABENCH_IMAGE, default qabench:<git short sha>. Flags other than --local go to `runner run`,
+# e.g. `just grid manifests/seed-study --storage s3://bucket/runs`. Failures are listed at the end.
+# every manifest of a folder (default manifests/grid) in turn, via docker run or --local; finished runs skipped
+[positional-arguments]
+grid *args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    folder=manifests/grid local=0 extra=()
+    for arg in "$@"; do
+      case "$arg" in --local) local=1 ;; -*) extra+=("$arg") ;; *) if [ ${#extra[@]} -gt 0 ]; then extra+=("$arg"); else folder="${arg%/}"; fi ;; esac
+    done
+    mapfile -t manifests < <(find "$folder" -maxdepth 1 -name '*.yaml' | LC_ALL=C sort)
+    [ ${#manifests[@]} -gt 0 ] || { echo "no manifests in $folder" >&2; exit 2; }
+    if [ "$local" = 1 ]; then
+      runner=({{python}} -m runner)
+    else
+      case "$(realpath "$folder")/" in "$(realpath manifests)"/*) ;; *) echo "$folder: the container sees manifests/ and data/ only; move it under manifests/ or use --local" >&2; exit 2 ;; esac
+      image="${QABENCH_IMAGE:-qabench:$(git rev-parse --short HEAD)}"
+      mkdir -p runs
+      # The checkout's manifests and data replace the image's copies, so an edit needs no rebuild.
+      runner=(docker run --rm --gpus all -v "$PWD/manifests:/app/manifests:ro" -v "$PWD/data:/app/data:ro"
+              -v "$PWD/runs:/work/runs" -v qabench-cache:/cache -e HF_TOKEN -e AWS_ACCESS_KEY_ID
+              -e AWS_SECRET_ACCESS_KEY -e AWS_SESSION_TOKEN -e AWS_ENDPOINT_URL -e AWS_REGION "$image")
+    fi
+    # Every manifest is checked before the first run starts: a typo in the last one must not wait hours.
+    if [ "$local" = 1 ]; then "${runner[@]}" validate "$folder"; else docker run --rm --entrypoint python -v "$PWD/manifests:/app/manifests:ro" -v "$PWD/data:/app/data:ro" "$image" -m runner validate "$folder"; fi
+    failed=()
+    for manifest in "${manifests[@]}"; do
+      echo "== $manifest"
+      if [ "$local" = 1 ]; then cmd=("${runner[@]}" run "$manifest" "${extra[@]}"); else cmd=("${runner[@]}" "$manifest" "${extra[@]}"); fi
+      "${cmd[@]}" || failed+=("$manifest (exit $?)")
+    done
+    echo "${#manifests[@]} manifest(s), ${#failed[@]} failed"
+    if [ ${#failed[@]} -gt 0 ]; then printf '  %s\n' "${failed[@]}" >&2; exit 1; fi
+
+# a ConfigMap and an Indexed Job running every manifest of a folder on a cluster (see README)
+k8s folder image storage *flags:
+    {{python}} -m runner k8s {{folder}} --image {{image}} --storage {{storage}} {{flags}}
+
 # regenerate manifests/README.md and the synthetic data from their sources
 docs:
     {{python}} -m runner schema --markdown > manifests/README.md
     {{python}} -m runner data synth --out data/synthetic > /dev/null
+    {{python}} -m runner expand manifests/grid.yaml --out manifests/grid
+    {{python}} -m runner expand manifests/seed-study.yaml --out manifests/seed-study
 
 # a local S3 server (SeaweedFS, loopback only) to try s3:// storage; Ctrl-C stops it, data stays in dir
 seaweed dir="$HOME/.cache/qabench/seaweed" port="8333" key="qabench" secret="qabench-local-secret":
