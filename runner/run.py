@@ -119,6 +119,7 @@ def _generate_shards(loaded, model, fmt, base, store, keys, evaluate, train_pool
     from runner.decoding import DECODINGS
     from runner.generate import Query, generate_batch, length_batches
     from runner.icl import select_shots, shot_rng
+    from runner.backoff import MemoryBackoff
     from runner.perplexity import reference_nll
 
     manifest = loaded.manifest
@@ -148,18 +149,26 @@ def _generate_shards(loaded, model, fmt, base, store, keys, evaluate, train_pool
             queries.append(Query(example, prompt, ids))
         return queries
 
+    def answer_and_score(batch: list[Query]):
+        generated = generate_batch(model, fmt.tokenizer, batch, decoding, base.device, extra)
+        if not score_references:
+            return generated, [(None, None)] * len(batch)
+        return generated, reference_nll(model, fmt, batch, base.device, base.context_length)
+
+    backoff = MemoryBackoff(decoding.batch_size)
     warmup = length_batches(queries_of(todo[0]), decoding.batch_size, by_format)[: decoding.warmup_batches]
     for batch in warmup:  # untimed: first calls pay for allocation and kernel selection
-        generate_batch(model, fmt.tokenizer, batch, decoding, base.device, extra)
+        backoff.run(batch, lambda part: generate_batch(model, fmt.tokenizer, part, decoding, base.device, extra))
     with progress("generating", total) as bar:
         for index in todo:
             queries = queries_of(index)
             rows = []
             for number, batch in enumerate(length_batches(queries, decoding.batch_size, by_format)):
-                generated = generate_batch(model, fmt.tokenizer, batch, decoding, base.device, extra)
-                likelihoods = reference_nll(model, fmt, batch, base.device, base.context_length) if score_references else [(None, None)] * len(batch)
-                for row, (nll, tokens) in zip(generated, likelihoods):
-                    rows.append({**row, "batch": f"{index:05d}-{number:04d}", "reference_nll": nll, "reference_tokens": tokens})
+                parts = backoff.run(batch, answer_and_score)
+                for part_number, (part, (generated, likelihoods)) in enumerate(parts):
+                    label = f"{index:05d}-{number:04d}" + (f"-{part_number}" if len(parts) > 1 else "")
+                    for row, (nll, tokens) in zip(generated, likelihoods):
+                        rows.append({**row, "batch": label, "reference_nll": nll, "reference_tokens": tokens})
                 bar.advance(len(batch))
             store.write_bytes(keys.shard(index), encode_shard(rows))
             preemption.stop_if_requested(f"shard {index}")

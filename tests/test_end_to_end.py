@@ -259,3 +259,42 @@ def test_completed_run_lists_each_shard_checksum_and_the_report_skips_a_shard_ch
     assert "shard-00001.parquet" in err and "checksum" in err
     results = (tmp_path / "report" / "results.csv").read_text()
     assert "checksummed-good" in results and "checksummed," not in results
+
+
+def _out_of_memory_above(monkeypatch, fits: int) -> None:
+    """Make every generate call with more than `fits` prompts fail as a full GPU would."""
+    import torch
+
+    import runner.generate
+
+    original = runner.generate.generate_batch
+
+    def limited(model, tokenizer, batch, *args, **kwargs):
+        if len(batch) > fits:
+            raise torch.OutOfMemoryError(f"CUDA out of memory: batch of {len(batch)} (the test's device holds {fits})")
+        return original(model, tokenizer, batch, *args, **kwargs)
+
+    monkeypatch.setattr(runner.generate, "generate_batch", limited)
+
+
+def test_batch_that_runs_out_of_memory_is_split_and_answers_stay_the_same(tiny_manifest, tmp_path, monkeypatch, capsys):
+    decoding = {"kind": "greedy", "max_new_tokens": 6, "batch_size": 8}
+    reference = tiny_manifest("oom-reference", decoding=decoding, eval={"shard_size": 12})
+    assert main(["run", str(reference), "--storage", str(tmp_path / "reference")]) == 0
+    manifest = tiny_manifest("oom", decoding=decoding, eval={"shard_size": 12})
+    _out_of_memory_above(monkeypatch, fits=3)
+    capsys.readouterr()
+    assert main(["run", str(manifest), "--storage", str(tmp_path / "runs")]) == 0
+    assert "out of memory at batch size 8; continuing at 4" in capsys.readouterr().out
+    run = _run_folder(manifest, tmp_path / "runs")
+    rows = [r for s in sorted((run / "predictions").glob("*.parquet")) for r in pq.read_table(s).to_pylist()]
+    assert max(r["batch_size"] for r in rows) <= 2, "the size that fits is kept for later batches"
+    assert _predictions(run) == _predictions(_run_folder(reference, tmp_path / "reference"))
+
+
+def test_single_prompt_that_runs_out_of_memory_is_an_infrastructure_error(tiny_manifest, tmp_path, monkeypatch, capsys):
+    manifest = tiny_manifest("oom-single")
+    _out_of_memory_above(monkeypatch, fits=0)
+    capsys.readouterr()
+    assert main(["run", str(manifest), "--storage", str(tmp_path / "runs")]) == 3
+    assert "out of memory generating a single prompt" in capsys.readouterr().err
