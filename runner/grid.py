@@ -38,7 +38,7 @@ _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 class _GridSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, populate_by_name=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class AxisValue(_GridSpec):
@@ -108,10 +108,12 @@ class Cell:
 
     @property
     def name(self) -> str:
+        """The manifest's (run's) name, from the grid's template."""
         return self.manifest["name"]
 
     @property
     def filename(self) -> str:
+        """The file the cell is written to: its name, so a run and its manifest are found together."""
         return f"{self.name}.yaml"
 
     @property
@@ -124,14 +126,27 @@ class Cell:
 # Validating a manifest's content without this host's files.
 
 
+def _is_union_tag(data: Any, part: Any) -> bool:
+    """Whether `part` is the union member pydantic names (method.lora.r) rather than a data key."""
+    if not isinstance(data, dict) or part in data:
+        return False
+    # A decoding block without `kind` is greedy by default, yet pydantic still names the member.
+    return data.get("kind") == part or ("kind" not in data and part in DECODINGS.discover())
+
+
 def _data_path(data: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:
     """A pydantic error location as a path in the data: union member tags are dropped."""
     path: list[Any] = []
     for part in loc:
-        if isinstance(data, dict) and part not in data and (data.get("kind") == part or ("kind" not in data and part in DECODINGS.discover())):
-            continue  # pydantic names the union member (e.g. method.lora.r); the data has no such level
+        if _is_union_tag(data, part):
+            continue
         path.append(part)
-        data = data.get(part) if isinstance(data, dict) else data[part] if isinstance(data, list) and isinstance(part, int) and part < len(data) else None
+        if isinstance(data, dict):
+            data = data.get(part)
+        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+            data = data[part]
+        else:
+            data = None
     return tuple(path)
 
 
@@ -207,6 +222,10 @@ class _Origins:
     def add(self, dotted: str, line: int, by: str) -> None:
         self.sets.append((tuple(dotted.split(".")), line, by))
 
+    def paths(self) -> list[tuple[str, str]]:
+        """(dotted path, who set it) so far."""
+        return [(".".join(path), by) for path, _, by in self.sets]
+
     def locate(self, loc: tuple[Any, ...]) -> tuple[int, str]:
         """(line, who set it) for an error at loc: the axis value sharing the longest prefix, else base."""
         parts = tuple(str(p) for p in loc)
@@ -257,7 +276,7 @@ def load_grid(path: Path) -> tuple[Grid, _LineIndex]:
 
 
 def _reference_problems(path: Path, grid: Grid, index: _LineIndex) -> list[Problem]:
-    """The name template and the exclude rules may only name axes and labels that exist."""
+    """Axis names and labels are well formed; templates and exclude rules name only axes and labels that exist."""
     shown, problems = str(path), []
     for axis, values in grid.axes.items():
         line, field = index.locate(("axes", axis))
@@ -293,55 +312,68 @@ def _reference_problems(path: Path, grid: Grid, index: _LineIndex) -> list[Probl
     return problems
 
 
+_Found = tuple[int, str, str]
+"""A cell's problem before grouping: (grid line, field, message)."""
+
+
+def _choices(grid: Grid) -> list[tuple[tuple[str, int, AxisValue], ...]]:
+    """Every combination of one value per axis, as (axis, position, value), minus excluded ones."""
+    choices = []
+    for combination in itertools.product(*([(axis, i, v) for i, v in enumerate(values)] for axis, values in grid.axes.items())):
+        labels = {axis: value.label for axis, _, value in combination}
+        if not any(all(labels[axis] in _as_list(allowed) for axis, allowed in rule.items()) for rule in grid.exclude):
+            choices.append(combination)
+    return choices
+
+
+def _build(grid: Grid, index: _LineIndex, choice: tuple[tuple[str, int, AxisValue], ...]) -> tuple[Cell, list[_Found]]:
+    """One cell: base, then each axis value's `set`; its problems located in the grid file."""
+    labels = tuple((axis, value.label) for axis, _, value in choice)
+    manifest = {"name": grid.name.format(**dict(labels)), **copy.deepcopy(grid.base)}
+    if grid.description:
+        manifest["description"] = grid.description.format(**dict(labels))
+    found: list[_Found] = []
+    origins = _Origins(index)
+    for axis, position, value in choice:
+        by = f"{axis}={value.label}"
+        for dotted, item in value.sets.items():
+            line = _value_line(index, axis, position, dotted)
+            # Within one value the keys apply in the order written; across axes the winner would
+            # depend on axis order, which nobody reading one value can see.
+            for other, other_by in origins.paths():
+                if other_by != by and _overlaps(dotted, other):
+                    found.append((line, dotted, f"overlaps {other}, set by {other_by}: two axes may not set the same path"))
+            failure = _set(manifest, dotted, item)
+            if failure:
+                found.append((line, dotted, failure))
+            origins.add(dotted, line, by)
+    manifest = _ordered(manifest)
+    for loc, message in manifest_problems(manifest):
+        line, by = origins.locate(loc)
+        found.append((line, ".".join(str(part) for part in loc), f"{message} (set by {by})"))
+    comments = tuple(c for c in [grid.comment] + [value.comment for _, _, value in choice] if c)
+    return Cell(labels=labels, manifest=manifest, comments=comments), found
+
+
 def expand(path: Path) -> list[Cell]:
     """Every cell of the grid at `path`, validated, in axis order; ManifestError naming each bad cell."""
     path = Path(path)
     grid, index = load_grid(path)
-    axes = list(grid.axes)
+    name_line = index.locate(("name",))[0]
     cells: list[Cell] = []
     # One problem often hits many cells (a bad base field hits all): report it once, with a count.
-    problems: dict[tuple[int, str, str], list[str]] = {}
-    names: dict[str, str] = {}
-    for choice in itertools.product(*(list(enumerate(grid.axes[axis])) for axis in axes)):
-        labels = tuple((axis, value.label) for axis, (_, value) in zip(axes, choice))
-        if any(all(dict(labels)[axis] in _as_list(allowed) for axis, allowed in rule.items()) for rule in grid.exclude):
-            continue
-        shown = " ".join(f"{axis}={label}" for axis, label in labels)
-        manifest = {"name": grid.name.format(**dict(labels)), **copy.deepcopy(grid.base)}
-        if grid.description:
-            manifest["description"] = grid.description.format(**dict(labels))
-        origins = _Origins(index)
-        setters: list[tuple[str, str, int]] = []
-        for axis, (position, value) in zip(axes, choice):
-            for dotted, item in value.sets.items():
-                line = _value_line(index, axis, position, dotted)
-                by = f"{axis}={value.label}"
-                for other, other_by, _ in setters:
-                    # Within one value the keys apply in the order written; across axes the winner
-                    # would depend on axis order, which nobody reading a value can see.
-                    if _overlaps(dotted, other) and other_by != by:
-                        message = f"overlaps {other}, set by {other_by}: two axes may not set the same path"
-                        problems.setdefault((line, dotted, message), []).append(shown)
-                setters.append((dotted, by, line))
-                failure = _set(manifest, dotted, item)
-                if failure:
-                    problems.setdefault((line, dotted, failure), []).append(shown)
-                origins.add(dotted, line, by)
-        manifest = _ordered(manifest)
-        if not SAFE_NAME.match(manifest["name"]):
-            line = index.locate(("name",))[0]
-            problems.setdefault((line, "name", f"{manifest['name']!r} is not a safe run name (letters, digits, . _ -)"), []).append(shown)
-        elif manifest["name"] in names:
-            line = index.locate(("name",))[0]
-            message = f"{manifest['name']!r} is also the name of cell {names[manifest['name']]}; put every axis in the template"
-            problems.setdefault((line, "name", message), []).append(shown)
-        names.setdefault(manifest["name"], shown)
-        for loc, message in manifest_problems(manifest):
-            line, by = origins.locate(loc)
-            field = ".".join(str(part) for part in loc)
-            problems.setdefault((line, field, f"{message} (set by {by})"), []).append(shown)
-        comments = tuple(c for c in [grid.comment] + [value.comment for _, value in choice] if c)
-        cells.append(Cell(labels=labels, manifest=manifest, comments=comments))
+    problems: dict[_Found, list[str]] = {}
+    first_with_name: dict[str, str] = {}
+    for choice in _choices(grid):
+        cell, found = _build(grid, index, choice)
+        if not SAFE_NAME.match(cell.name):
+            found.append((name_line, "name", f"{cell.name!r} is not a safe run name (letters, digits, . _ -)"))
+        elif cell.name in first_with_name:
+            found.append((name_line, "name", f"{cell.name!r} is also the name of cell {first_with_name[cell.name]}; put every axis in the template"))
+        first_with_name.setdefault(cell.name, cell.shown)
+        for key in found:
+            problems.setdefault(key, []).append(cell.shown)
+        cells.append(cell)
     if problems:
         raise ManifestError([_cell_problem(path, key, shown) for key, shown in sorted(problems.items())])
     if not cells:
