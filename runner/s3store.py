@@ -273,6 +273,33 @@ class S3Store:
             self.cache.write_bytes(key, data)
             self._upload(key, self._cached(key))
 
+    def write_new(self, key: str, data: bytes) -> bool:
+        self._object(key)
+        with self._journal(key, "new"):
+            self.cache.write_bytes(key, data)
+            return self._create(key, self._cached(key))
+
+    def _create(self, key: str, path: Path) -> bool:
+        """PUT with If-None-Match: * (S3 conditional writes): the server keeps the first version."""
+        body = path.read_bytes()
+        metadata = {CHECKSUM: hashlib.sha256(body).hexdigest()}
+        try:
+            self._client.put_object(Bucket=self.bucket, Key=self._object(key), Body=body, Metadata=metadata, IfNoneMatch="*")
+            return True
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                return False  # another writer's version is there (or landing): it stands
+            if code not in ("NotImplemented", "501"):
+                raise self._translate(exc, "uploading", key) from None
+        except _BOTO_ERRORS as exc:
+            raise self._translate(exc, "uploading", key) from None
+        # A server without conditional writes: check, then write; a race can still replace.
+        if self.exists(key):
+            return False
+        self._upload(key, path)
+        return True
+
     def _cached(self, key: str) -> Path:
         return self.cache.root / key
 
@@ -425,6 +452,8 @@ class S3Store:
                 continue
             if kind == "dir":
                 self._upload_dir(key)
+            elif kind == "new":
+                self._create(key, self._cached(key))
             else:
                 self._upload(key, self._cached(key))
             path.unlink(missing_ok=True)

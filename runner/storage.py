@@ -33,6 +33,14 @@ class Store(Protocol):
 
     def write_bytes(self, key: str, data: bytes) -> None: ...
 
+    def write_new(self, key: str, data: bytes) -> bool:
+        """Write only if nothing is stored under `key` yet (first writer wins); True if this call wrote it.
+
+        Two processes producing the same artifact (a shard of a run started twice) then leave one
+        version that every reader sees, so checksums computed by either process agree.
+        """
+        ...
+
     def list(self, prefix: str) -> list[str]:
         """Every key under `prefix` (recursive), sorted; names starting with '.' are internal and left out."""
         ...
@@ -104,6 +112,12 @@ class LocalStore:
             raise StorageError(f"cannot read {path}: {exc.strerror}") from None
 
     def write_bytes(self, key: str, data: bytes) -> None:
+        self._write(key, data, replace=True)
+
+    def write_new(self, key: str, data: bytes) -> bool:
+        return self._write(key, data, replace=False)
+
+    def _write(self, key: str, data: bytes, replace: bool) -> bool:
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,10 +127,16 @@ class LocalStore:
                     handle.write(data)
                     handle.flush()
                     os.fsync(handle.fileno())
-                os.replace(tmp, path)
-            except BaseException:
+                if replace:
+                    os.replace(tmp, path)
+                    return True
+                try:
+                    os.link(tmp, path)  # link() refuses an existing name: create-if-absent, atomically
+                    return True
+                except FileExistsError:
+                    return False
+            finally:
                 Path(tmp).unlink(missing_ok=True)
-                raise
         except OSError as exc:
             raise StorageError(f"cannot write {path}: {exc.strerror}") from None
 

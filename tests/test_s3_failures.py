@@ -123,12 +123,15 @@ def test_outage_past_the_retry_budget_fails_clearly_and_keeps_the_write_for_late
         store.write_bytes("run/predictions/shard-00003.parquet", b"rows")
     with pytest.raises(StorageError):
         store.put_dir("run/adapter", _folder_with(store.local_dir("staging"), {"w.bin": b"weights"}))
+    with pytest.raises(StorageError):
+        store.write_new("run/predictions/shard-00004.parquet", b"more rows")
     assert (store.cache.root / "run" / "predictions" / "shard-00003.parquet").read_bytes() == b"rows"
     seaweed.start()
     assert not store.exists("run/predictions/shard-00003.parquet")
-    assert store.publish_pending("run") == ["run/predictions/shard-00003.parquet", "run/adapter"]
+    assert store.publish_pending("run") == ["run/predictions/shard-00003.parquet", "run/adapter", "run/predictions/shard-00004.parquet"]
     assert store.read_bytes("run/predictions/shard-00003.parquet") == b"rows"
     assert store.dir_complete("run/adapter") and store.read_bytes("run/adapter/w.bin") == b"weights"
+    assert store.read_bytes("run/predictions/shard-00004.parquet") == b"more rows"
     assert store.publish_pending("run") == []
 
 

@@ -100,7 +100,7 @@ def test_lora_run_to_s3_reports_from_s3_like_the_same_run_stored_locally(s3, tin
     for step in (2, 4):  # save_steps 2 of 4 steps; the trainer keeps the last two
         assert f"{run}/checkpoints/checkpoint-{step}/qabench_complete" in objects
         assert f"{run}/checkpoints/checkpoint-{step}/.qabench_dir.json" in objects
-    assert sorted(k for k in objects if "/predictions/" in k) == shards
+    assert sorted(k for k in objects if "/predictions/shard-" in k) == shards
     log_steps = [json.loads(line)["step"] for line in objects[f"{run}/train_log.jsonl"][0].decode().splitlines()]
     assert log_steps and max(log_steps) == 4
 
@@ -180,7 +180,7 @@ def test_run_killed_in_training_and_mid_upload_resumes_from_storage_losing_and_d
     assert "fetching checkpoint-2 from storage" in out and "resuming training from checkpoint-2" in out
     stored = s3.objects()
     assert f"{run}/adapter/.qabench_dir.json" in stored
-    assert sorted(k for k in stored if "/predictions/" in k) == [f"{run}/predictions/shard-00000.parquet"]
+    assert sorted(k for k in stored if "/predictions/shard-" in k) == [f"{run}/predictions/shard-00000.parquet"]
     kept = next(s3.workdir.rglob("shard-00001.parquet")).read_bytes()
 
     capsys.readouterr()
@@ -189,7 +189,7 @@ def test_run_killed_in_training_and_mid_upload_resumes_from_storage_losing_and_d
     assert "uploaded 1 artifact(s) an earlier attempt kept locally" in out and "resuming: 2 of 5 shards already done" in out
     stored = s3.objects()
     assert stored[f"{run}/predictions/shard-00001.parquet"][0] == kept, "the shard cut off mid-upload was uploaded, not regenerated"
-    assert sorted(k for k in stored if "/predictions/" in k) == [f"{run}/predictions/shard-{i:05d}.parquet" for i in range(5)]
+    assert sorted(k for k in stored if "/predictions/shard-" in k) == [f"{run}/predictions/shard-{i:05d}.parquet" for i in range(5)]
     assert sorted(k.split("/")[3] for k in stored if k.endswith("/qabench_complete")) == ["checkpoint-2", "checkpoint-4"]
     metrics = json.loads(stored[f"{run}/metrics.json"][0])
     assert metrics["overall"]["n"] == 24 and metrics["train"]["steps"] == 4
@@ -249,7 +249,7 @@ def test_same_manifest_run_twice_at_once_on_two_hosts_gives_one_whole_run(s3, ti
     assert [host.returncode for host in hosts] == [0, 0], [err.decode()[-2000:] for _, err in results]
 
     stored = s3.objects()
-    shards = sorted(k for k in stored if "/predictions/" in k)
+    shards = sorted(k for k in stored if "/predictions/shard-" in k)
     assert shards == [f"{run}/predictions/shard-{i:05d}.parquet" for i in range(6)]
     rows = _predictions(stored, run)
     assert len(rows) == len({r["id"] for r in rows}) == 24

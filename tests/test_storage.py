@@ -46,6 +46,30 @@ def test_written_bytes_read_back_and_overwrite(store):
     assert store.read_bytes("run/a.json") == b"second, longer"
 
 
+def _another_host(store: Store, folder) -> Store:
+    """The same storage location opened by a second process with its own working folder."""
+    if isinstance(store, LocalStore):
+        return LocalStore(store.root)
+    from runner.s3store import S3Store, make_client
+
+    return S3Store(store.bucket, store.prefix, folder, make_client())
+
+
+def test_write_new_keeps_the_first_version(store):
+    assert store.write_new("run/predictions/shard-00000.parquet", b"first")
+    assert not store.write_new("run/predictions/shard-00000.parquet", b"second")
+    assert store.read_bytes("run/predictions/shard-00000.parquet") == b"first"
+    assert store.publish_pending("") == []
+
+
+def test_racing_write_new_from_many_hosts_leaves_exactly_one_whole_version(store, tmp_path):
+    hosts = [_another_host(store, tmp_path / f"host{i}") for i in range(6)]
+    with ThreadPoolExecutor(6) as pool:
+        won = list(pool.map(lambda i: hosts[i].write_new("run/shard", f"version {i}".encode() * 1000), range(6)))
+    assert won.count(True) == 1
+    assert store.read_bytes("run/shard") == f"version {won.index(True)}".encode() * 1000
+
+
 def test_reading_a_missing_key_is_a_storage_error(store):
     with pytest.raises(StorageError):
         store.read_bytes("run/missing.json")
