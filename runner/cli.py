@@ -11,15 +11,38 @@ from runner.console import error
 from runner.errors import InfraError, UserError
 
 
+def _is_grid(path: Path) -> bool:
+    """Grid files (top-level `axes:`) sit beside manifests and are checked by expanding them."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return False  # not readable as YAML: check_manifest reports it
+    return isinstance(data, dict) and "axes" in data
+
+
 def _validate(args: argparse.Namespace) -> int:
-    from runner.manifest import check_manifest, manifest_files
+    from runner.manifest import check_manifest, manifest_files, unfetched_data
 
     files = manifest_files([Path(p) for p in args.paths])
     missing = [p for p in args.paths if not Path(p).exists()]
     problems = [f"{p}: no such file or folder" for p in missing]
-    for file in files:
+    grids = [f for f in files if f.exists() and _is_grid(f)]
+    unfetched: set[Path] = set()
+    for grid in grids:
+        from runner.grid import expand
+
+        try:
+            expand(grid)
+        except UserError as exc:
+            problems += [str(p) for p in exc.problems]
+    manifests = [f for f in files if f not in grids]
+    for file in manifests:
         if file.exists():
-            problems += [str(p) for p in check_manifest(file)[1]]
+            loaded, found = check_manifest(file)
+            problems += [str(p) for p in found]
+            unfetched.update(unfetched_data(loaded) if loaded else [])
     for line in problems:
         error(line)
     if not files and not missing:
@@ -27,7 +50,13 @@ def _validate(args: argparse.Namespace) -> int:
         return 2
     if problems:
         return 2
-    print(f"{len(files)} manifest(s) valid")
+    if unfetched:
+        roots = sorted({str(f.parent.parent) for f in unfetched})
+        datasets = " ".join(sorted({f.parent.name for f in unfetched}))
+        error(f"note: {len(unfetched)} UnifiedQA file(s) not fetched yet; before running: "
+              f"python -m runner data fetch {datasets} --to {roots[0]}")
+    grid_note = f" and {len(grids)} grid(s)" if grids else ""
+    print(f"{len(manifests)} manifest(s){grid_note} valid")
     return 0
 
 

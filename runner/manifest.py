@@ -347,14 +347,27 @@ def _pydantic_problems(path: Path, error: ValidationError, index: _LineIndex) ->
     return problems
 
 
+def unfetched_data(loaded: LoadedManifest) -> list[Path]:
+    """Official UnifiedQA files the run reads that are not on disk yet (`runner data fetch` gets them).
+
+    Validation accepts these, so manifests can be checked before a large download; the run
+    itself stops with exit 2 naming the missing files."""
+    from runner.data.example import OFFICIAL_DATASET_FORMATS
+
+    official = {d for d in loaded.manifest.data.datasets if d in OFFICIAL_DATASET_FORMATS}
+    return [f for f in loaded.data_files() if f.parent.name in official and not f.is_file()]
+
+
 def _data_problems(loaded: LoadedManifest, index: _LineIndex, shown: str) -> list[Problem]:
-    """Checks that need the file system: the data root and every split file exist."""
+    """Checks that need the file system: the data root and every split file exist (fetchable
+    official files excepted, see `unfetched_data`)."""
     from runner.data import DATASET_FORMATS
 
     problems = []
     data = loaded.manifest.data
     root = loaded.resolve(data.root)
-    if not root.is_dir():
+    pending = set(unfetched_data(loaded))
+    if not root.is_dir() and not pending:
         line, field = index.locate(("data", "root"))
         return [Problem(f"data folder {root} does not exist", shown, line, field)]
     for position, dataset in enumerate(data.datasets):
@@ -366,7 +379,7 @@ def _data_problems(loaded: LoadedManifest, index: _LineIndex, shown: str) -> lis
             file = loaded.data_file(dataset, split)
             if file not in loaded.data_files():
                 continue
-            if not file.is_file():
+            if not file.is_file() and file not in pending:
                 problems.append(Problem(f"missing data file {file}", shown, line, field))
     return problems
 

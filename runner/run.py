@@ -20,7 +20,7 @@ import yaml
 from runner import preemption
 from runner.console import log, progress
 from runner.data import Example, data_hash, load_split
-from runner.errors import StorageError, UserError
+from runner.errors import DataError, StorageError, UserError
 from runner.manifest import LoadedManifest, load_manifest, resolved_dict, run_digest
 from runner.methods import METHODS
 from runner.paths import RunKeys
@@ -47,6 +47,15 @@ def _data_identity(loaded: LoadedManifest) -> tuple[str, dict[str, str]]:
 
 def plan(loaded: LoadedManifest, storage: str | None) -> tuple[Store, RunKeys, dict[str, str]]:
     """The store and keys a manifest's run lives under, and the data file hashes."""
+    from runner.manifest import unfetched_data
+
+    missing = unfetched_data(loaded)
+    if missing:
+        datasets = " ".join(sorted({f.parent.name for f in missing}))
+        raise DataError(
+            f"{len(missing)} data file(s) not fetched yet, e.g. {missing[0]}; run "
+            f"`python -m runner data fetch {datasets} --to {missing[0].parent.parent}`"
+        )
     combined, per_file = _data_identity(loaded)
     store = open_store(storage or loaded.manifest.output.storage)
     return store, RunKeys(loaded.manifest.name, run_digest(loaded, combined)), per_file

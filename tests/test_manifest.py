@@ -93,3 +93,17 @@ def test_digest_ignores_output_and_description_but_not_settings(tiny_manifest):
 def test_decoding_kind_defaults_to_greedy(tiny_manifest):
     manifest = load_manifest(tiny_manifest("default-decoding", decoding={"max_new_tokens": 5})).manifest
     assert manifest.decoding.kind == "greedy" and manifest.decoding.max_new_tokens == 5
+
+
+def test_official_data_not_yet_fetched_passes_validation_with_a_note_and_stops_the_run_with_exit_2(tmp_path, tiny_models, capsys):
+    from conftest import write_manifest
+
+    manifest = write_manifest(
+        tmp_path, "unfetched", model={"path": str(tiny_models["llama"])}, data={"root": str(tmp_path / "unifiedqa"), "datasets": ["boolq"]}
+    )
+    capsys.readouterr()
+    assert main(["validate", str(manifest)]) == 0
+    assert "python -m runner data fetch boolq --to" in capsys.readouterr().err
+    assert main(["run", str(manifest), "--storage", str(tmp_path / "runs")]) == 2
+    assert "not fetched yet" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.parquet"))
