@@ -99,7 +99,8 @@ def test_official_data_not_yet_fetched_passes_validation_with_a_note_and_stops_t
     from conftest import write_manifest
 
     manifest = write_manifest(
-        tmp_path, "unfetched", model={"path": str(tiny_models["llama"])}, data={"root": str(tmp_path / "unifiedqa"), "datasets": ["boolq"]}
+        tmp_path, "unfetched", model={"path": str(tiny_models["llama"])}, data={"root": str(tmp_path / "unifiedqa"), "datasets": ["boolq"]},
+        method={"kind": "none"},
     )
     capsys.readouterr()
     assert main(["validate", str(manifest)]) == 0
