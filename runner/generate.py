@@ -125,6 +125,8 @@ def generate_batch(
     eos_ids = set(eos) if isinstance(eos, (list, tuple)) else {eos}
     decoding = DECODINGS.get(spec.kind)
     kwargs = {**decoding.generate_kwargs(spec), **(extra or {})}
+    if spec.cache == "static":
+        kwargs.update(cache_implementation="static", disable_compile=not spec.compile)
     processors = decoding.logits_processors(spec, [q.example.id for q in batch])
     limit = spec.new_tokens_for(batch[0].example.format)
     reset_peak_memory(device)

@@ -70,8 +70,9 @@ def test_cross_tokenizer_draft_needs_the_switch_and_then_keeps_greedy_answers(ti
         ({"kind": "greedy", "stop": ["\n", ""]}, "decoding.stop", "empty stop string"),
         ({"kind": "greedy", "max_new_tokens": 0}, "decoding.max_new_tokens", "greater than or equal to 1"),
         ({"kind": "speculative"}, "decoding.draft", "Field required"),
+        ({"kind": "prompt_lookup", "cache": "static"}, "decoding.cache", "dynamic cache"),
     ],
-    ids=["speculative-batch", "prompt-lookup-batch", "empty-stop", "zero-new-tokens", "no-draft"],
+    ids=["speculative-batch", "prompt-lookup-batch", "empty-stop", "zero-new-tokens", "no-draft", "prompt-lookup-static-cache"],
 )
 def test_impossible_decoding_settings_are_rejected_at_validation(decoding, field, message, tiny_manifest, capsys):
     manifest = tiny_manifest("bad-decoding", decoding=decoding)

@@ -179,3 +179,9 @@ def test_reference_perplexity_is_the_exponent_of_token_weighted_mean_nll():
     rows = [{"reference_nll": 2.0, "reference_tokens": 1}, {"reference_nll": 6.0, "reference_tokens": 3}, {"reference_nll": None, "reference_tokens": None}]
     assert reference_perplexity(rows) == pytest.approx(math.exp(8.0 / 4))
     assert reference_perplexity(rows[2:]) is None
+
+
+def test_static_cache_gives_the_same_greedy_answers_as_the_dynamic_cache(llama_queries):
+    dynamic = _answers(llama_queries, GreedySpec(max_new_tokens=8, stop=()), batch_size=5)
+    static = _answers(llama_queries, GreedySpec(max_new_tokens=8, stop=(), cache="static"), batch_size=5)
+    assert static == dynamic

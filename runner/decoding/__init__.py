@@ -37,6 +37,13 @@ class DecodingSpec(Spec):
         return max([self.max_new_tokens, *self.max_new_tokens_by_format.values()])
     batch_size: int = Field(8, ge=1, le=4096)
     """Prompts generated together; batches are grouped by prompt length to cut padding."""
+    cache: Literal["dynamic", "static"] = "dynamic"
+    """KV cache: `dynamic` grows per step (the eager path); `static` is preallocated, and on a
+    GPU transformers then compiles the forward pass with torch.compile (first batches of each
+    shape pay the compile; measure before choosing, see docs/benchmarks.md)."""
+    compile: bool = True
+    """With `cache: static`, let transformers compile the forward pass (GPUs only); false keeps
+    the static cache eager."""
     warmup_batches: int = Field(1, ge=0, le=16)
     """Batches generated and discarded before timing starts (allocator, kernels, caches warm up)."""
     stop: tuple[str, ...] = ("\n",)

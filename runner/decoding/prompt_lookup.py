@@ -26,6 +26,14 @@ class PromptLookupSpec(DecodingSpec):
     def _single_sequence(cls, value: int) -> int:
         return one_at_a_time(value)
 
+    @field_validator("cache")
+    @classmethod
+    def _growing_cache(cls, value: str) -> str:
+        if value == "static":
+            # transformers verifies copied candidates past the preallocated length and fails.
+            raise ValueError("prompt lookup needs the dynamic cache; remove cache: static")
+        return value
+
 
 def generate_kwargs(spec: PromptLookupSpec) -> dict[str, Any]:
     """Arguments for `model.generate`: greedy with prompt-lookup candidates."""
