@@ -1,13 +1,81 @@
 #!/usr/bin/env bash
-# The device check, run on a lent GPU host from the repository root with the pinned wheels
-# carried in .whl/ (the host image lacks trl and bitsandbytes and has an older transformers):
-#   bench/gpu.sh "$OUT"
+# The device check for a lent GPU host, run from the repository root (docs/gpu-checks.md).
+#
+#   bench/gpu.sh --out DIR            benchmark on random-weight Gemma-2B and Llama-2-7B shapes:
+#                                     one Markdown table (DIR/gpu-bench.md, printed) + DIR/gpu-bench.json
+#   bench/gpu.sh --smoke --out DIR    every method end to end on tiny models (bench/gpu_smoke.py)
+#   bench/gpu.sh --tiny --out DIR     the benchmark with tiny float32 shapes: a dry run, CPU is fine
+#   --no-install                      use the interpreter's own packages (a dev venv: PYTHON=.venv/bin/python)
+#   --budget SECONDS                  wall-clock budget for install + benchmark (default 450)
+#
+# Sized for a 15-minute accelerator lease of which machine start-up takes several: the default
+# budget of 450 s keeps the whole script under 8 minutes. Sections run in order of importance,
+# each in its own process under `timeout`; a section is skipped when the budget left is below
+# what it needs, and a failed or killed section leaves the others' results intact.
 set -uo pipefail
-out=${1:-/tmp/gpu-out}
+
+out=/tmp/gpu-out mode=bench install=1 budget=450 tiny=()
+while (($#)); do
+  case $1 in
+    --out) out=$2; shift ;;
+    --smoke) mode=smoke ;;
+    --tiny) tiny=(--tiny) ;;
+    --no-install) install=0 ;;
+    --budget) budget=$2; shift ;;
+    *) echo "usage: bench/gpu.sh [--out DIR] [--smoke | --tiny] [--no-install] [--budget SECONDS]" >&2; exit 2 ;;
+  esac
+  shift
+done
+python=${PYTHON:-python3}
 mkdir -p "$out"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import torch, transformers, peft, trl, bitsandbytes; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'trl', trl.__version__, 'bnb', bitsandbytes.__version__)" || exit 1
-python3 bench/gpu_smoke.py "$out/gpu-smoke.json" 2>&1 | tee "$out/gpu-smoke.log" | grep -E '"family"|Error|error:' | cut -c1-400
-echo "smoke exit: ${PIPESTATUS[0]}"
+start=$SECONDS
+
+if ((install)); then
+  # The host has torch, transformers and peft; trl, bitsandbytes and the pinned transformers come
+  # from .whl/ (no index, no dependency resolution: exactly the carried files).
+  "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+
+if [[ $mode == smoke ]]; then
+  "$python" bench/gpu_smoke.py "$out/gpu-smoke.json" 2>&1 | tee "$out/gpu-smoke.log" | grep -E '"family"|Error|error:' | cut -c1-400
+  echo "smoke exit: ${PIPESTATUS[0]}"
+  exit 0
+fi
+
+# run_section NAME CAP NEED: at most CAP seconds, started only if NEED seconds of budget are left.
+run_section() {
+  local name=$1 cap=$2 need=$3 left limit rc status
+  left=$((budget - (SECONDS - start)))
+  if ((left < need)); then
+    status="skipped: ${left}s of the budget left, needs ${need}s"
+  else
+    limit=$((cap < left ? cap : left))
+    # Inside, no new measurement starts in the last 20 s (imports and teardown take about that).
+    timeout -k 10 "$limit" "$python" bench/gpu_bench.py "$name" --out "$out" "${tiny[@]}" --seconds $((limit > 40 ? limit - 20 : 20)) \
+      >"$out/$name.log" 2>&1
+    rc=$?
+    case $rc in
+      0) status=ok ;;
+      124 | 137) status="timeout after ${limit}s" ;;
+      *) status="exit $rc: $(grep -E 'Error|error' "$out/$name.log" | tail -1 | cut -c1-200)" ;;
+    esac
+  fi
+  echo "$status" >"$out/$name.status"
+  echo "[$((SECONDS - start))s] $name: $status"
+}
+
+# Expected on an H100: env ~10 s, Gemma generation ~40 s, QLoRA ~90 s (building the 7B shape and
+# quantizing it included), speculative ~40 s, Llama generation ~60 s, compiled ~120 s.
+run_section env 60 20
+run_section generation-gemma-2b 120 60
+run_section qlora-llama-2-7b 180 90
+run_section speculative-gemma-2b 90 45
+run_section generation-llama-2-7b 120 60
+run_section compiled-gemma-2b 150 90
+"$python" bench/gpu_bench.py report --out "$out"
+echo "total: $((SECONDS - start)) s of a ${budget} s budget"
