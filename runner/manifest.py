@@ -161,7 +161,7 @@ class OutputSpec(Spec):
     """Where artifacts go. Not part of the run digest: the same run may be stored anywhere."""
 
     storage: str | None = None
-    """Storage URI (a folder or file:// URI); `--storage` on the command line wins. Default:
+    """Storage URI (a folder, file:// or s3://bucket/prefix); `--storage` on the command line wins. Default:
     the QABENCH_STORAGE environment variable, else runs/ in the working folder."""
 
 

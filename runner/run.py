@@ -179,7 +179,8 @@ def _generate_shards(loaded, model, fmt, base, store, keys, evaluate, train_pool
                     for row, (nll, tokens) in zip(generated, likelihoods):
                         rows.append({**row, "batch": label, "reference_nll": nll, "reference_tokens": tokens})
                 bar.advance(len(batch))
-            store.write_bytes(keys.shard(index), encode_shard(rows))
+            # First writer wins: a run started twice leaves one version of each shard.
+            store.write_new(keys.shard(index), encode_shard(rows))
             preemption.stop_if_requested(f"shard {index}")
 
 

@@ -123,12 +123,13 @@ _KILL_AFTER_SHARD_1 = """
 import os, signal, sys
 from runner.cli import main
 from runner.storage import LocalStore
-write = LocalStore.write_bytes
+write = LocalStore.write_new
 def write_then_die(self, key, data):
-    write(self, key, data)
+    written = write(self, key, data)
     if key.endswith("shard-00001.parquet"):
         os.kill(os.getpid(), signal.SIGKILL)
-LocalStore.write_bytes = write_then_die
+    return written
+LocalStore.write_new = write_then_die
 sys.exit(main(sys.argv[1:]))
 """
 
