@@ -7,6 +7,7 @@
 #   bench/gpu.sh --tiny --out DIR     the benchmark with tiny float32 shapes: a dry run, CPU is fine
 #   --no-install                      use the interpreter's own packages (a dev venv: PYTHON=.venv/bin/python)
 #   --budget SECONDS                  wall-clock budget for install + benchmark (default 450)
+#   --only A,B                        run only these sections (a rerun of what failed)
 #
 # Sized for a 15-minute accelerator lease of which machine start-up takes several: the default
 # budget of 450 s keeps the whole script under 8 minutes. Sections run in order of importance,
@@ -14,7 +15,7 @@
 # what it needs, and a failed or killed section leaves the others' results intact.
 set -uo pipefail
 
-out=/tmp/gpu-out mode=bench install=1 budget=450 tiny=()
+out=/tmp/gpu-out mode=bench install=1 budget=450 tiny=() only=
 while (($#)); do
   case $1 in
     --out) out=$2; shift ;;
@@ -22,7 +23,8 @@ while (($#)); do
     --tiny) tiny=(--tiny) ;;
     --no-install) install=0 ;;
     --budget) budget=$2; shift ;;
-    *) echo "usage: bench/gpu.sh [--out DIR] [--smoke | --tiny] [--no-install] [--budget SECONDS]" >&2; exit 2 ;;
+    --only) only=,$2,; shift ;;
+    *) echo "usage: bench/gpu.sh [--out DIR] [--smoke | --tiny] [--no-install] [--budget SECONDS] [--only A,B]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -50,6 +52,7 @@ fi
 # run_section NAME CAP NEED: at most CAP seconds, started only if NEED seconds of budget are left.
 run_section() {
   local name=$1 cap=$2 need=$3 left limit rc status
+  [[ -z $only || $only == *,$name,* ]] || return 0
   left=$((budget - (SECONDS - start)))
   if ((left < need)); then
     status="skipped: ${left}s of the budget left, needs ${need}s"
