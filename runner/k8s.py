@@ -29,6 +29,8 @@ CACHE = "/cache"
 CONTAINER = "runner"
 CONFIGMAP_LIMIT = 1024 * 1024
 """Kubernetes rejects a ConfigMap whose keys and values exceed 1 MiB together."""
+TERMINATION_GRACE_SECONDS = 300
+"""Seconds between SIGTERM and SIGKILL for a pod: room to save a checkpoint or finish a shard."""
 INDEX_VARIABLE = "JOB_COMPLETION_INDEX"
 
 # DNS-1123 label. Pod host names are <job>-<index>, also a label (at most 63 characters), so the
@@ -51,6 +53,7 @@ class JobSettings:
     secret: str = "qabench-credentials"
     namespace: str | None = None
     data_claim: str | None = None
+
 
 
 def _image_problem(image: str) -> str | None:
@@ -242,6 +245,9 @@ def _job(settings: JobSettings, labels: dict[str, str], configmap: str, manifest
                 "metadata": {"labels": labels},
                 "spec": {
                     "restartPolicy": "Never",  # required by podFailurePolicy; retries are new pods
+                    # On SIGTERM the runner finishes its training step or shard and saves it;
+                    # a generous grace period lets that land before the kubelet's SIGKILL.
+                    "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
                     "securityContext": {"runAsNonRoot": True},  # the images run as uid 1000
                     "containers": [_container(settings, mounts)],
                     "volumes": volumes,
