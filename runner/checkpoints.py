@@ -58,6 +58,8 @@ def checkpoint_publisher(store: Store, keys: RunKeys, checkpoint_dir: Path, log_
         """After a save: upload the new checkpoint, drop stored ones the trainer rotated out locally."""
 
         def on_save(self, args, state, control, **kwargs):
+            if not state.is_world_process_zero:
+                return
             # The log first: it then holds exactly the steps up to this checkpoint, so a host
             # that resumes from it neither misses nor repeats a record.
             publish_log(store, keys, log_path)

@@ -73,11 +73,18 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from runner import preemption
+    from runner import distributed, preemption
+    from runner.manifest import load_manifest
     from runner.run import run
 
     preemption.install()
     for manifest in args.manifests:
+        devices = load_manifest(Path(manifest)).manifest.devices
+        if devices > 1 and distributed.world_size() == 1:
+            code = distributed.launch(Path(manifest), args.storage, devices)
+            if code != 0:
+                return code
+            continue
         run(Path(manifest), args.storage)
     return 0
 

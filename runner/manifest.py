@@ -208,6 +208,9 @@ class Manifest(Spec):
     eval: EvalSpec = EvalSpec()
     """Metrics and sharding."""
     output: OutputSpec = OutputSpec()
+    devices: int = Field(1, ge=1, le=64)
+    """GPUs on this host to run on: above 1, `runner run` starts one process per device under
+    torchrun (data-parallel training, evaluation shards split between the processes)."""
     """Where artifacts are stored."""
 
     @field_validator("name")

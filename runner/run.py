@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from runner import preemption
+from runner import distributed, preemption
 from runner.console import log, progress
 from runner.data import Example, data_hash, load_split
 from runner.errors import DataError, StorageError, UserError
@@ -98,7 +98,9 @@ def _prepare_model(loaded: LoadedManifest, store: Store, keys: RunKeys, train_ex
     transformers.set_seed(manifest.train.seed)
     model = method.apply(base.model, manifest.method, context)
     checkpoint_dir, log_path = store.local_dir(keys.checkpoints), store.local_dir(keys.prefix) / "train_log.jsonl"
-    restore_training(store, keys, checkpoint_dir, log_path)  # a fresh host continues from storage
+    if distributed.is_main():
+        restore_training(store, keys, checkpoint_dir, log_path)  # a fresh host continues from storage
+    distributed.barrier()
     # The publisher goes last: the method's callbacks may still be writing into the checkpoint.
     publisher = checkpoint_publisher(store, keys, checkpoint_dir, log_path)
     result = train(
@@ -113,6 +115,9 @@ def _prepare_model(loaded: LoadedManifest, store: Store, keys: RunKeys, train_ex
         use_bf16=base.device == "cuda" and str(base.model.dtype) == "torch.bfloat16",
     )
     summary = result.as_dict()
+    if not distributed.is_main():
+        model.eval()
+        return model, fmt, base, summary
     with tempfile.TemporaryDirectory() as staging:
         method.save_trained(model, Path(staging))
         summary["adapter_bytes"] = sum(f.stat().st_size for f in Path(staging).rglob("*") if f.is_file())
@@ -229,7 +234,9 @@ def run(manifest_path: Path, storage: str | None = None) -> RunOutcome:
     manifest = loaded.manifest
     store, keys, data_files = plan(loaded, storage)
     location = f"{store.uri}/{keys.prefix}"
-    published = store.publish_pending(keys.prefix)  # what an attempt that lost storage kept locally
+    distributed.init()
+    # what an attempt that lost storage kept locally
+    published = store.publish_pending(keys.prefix) if distributed.is_main() else []
     if published:
         log(f"uploaded {len(published)} artifact(s) an earlier attempt kept locally")
     if store.exists(keys.success):
@@ -241,10 +248,12 @@ def run(manifest_path: Path, storage: str | None = None) -> RunOutcome:
             log(f"already complete, nothing to do: {location}")
         return RunOutcome(location, keys, skipped=True)
     log(f"run {manifest.name} → {location}")
-    store.write_bytes(keys.manifest, yaml.safe_dump(resolved_dict(manifest), sort_keys=False).encode())
+    if distributed.is_main():
+        store.write_bytes(keys.manifest, yaml.safe_dump(resolved_dict(manifest), sort_keys=False).encode())
     evaluate, train_pool = _load_examples(loaded)
     n_shards = math.ceil(len(evaluate) / manifest.eval.shard_size)
     todo = sorted(set(range(n_shards)) - completed_shards(store, keys))
+    distributed.barrier()  # every rank has the same list before any rank writes a shard
     method = METHODS.get(manifest.method.kind)
     summary = None
     if todo:
@@ -254,11 +263,17 @@ def run(manifest_path: Path, storage: str | None = None) -> RunOutcome:
         if manifest.eval.merge_adapter and method.mergeable:
             # merge_and_unload returns the base model with updated weights; the saved adapter stays.
             model = model.merge_and_unload()
-        record = provenance.collect(base.device, base.identity, data_files, keys.digest)
-        store.write_bytes(keys.provenance, json.dumps(record, indent=2).encode())
-        _generate_shards(loaded, model, fmt, base, store, keys, evaluate, train_pool, todo)
+        if distributed.is_main():
+            record = provenance.collect(base.device, base.identity, data_files, keys.digest)
+            store.write_bytes(keys.provenance, json.dumps(record, indent=2).encode())
+        mine = distributed.share(todo)
+        if mine:
+            _generate_shards(loaded, model, fmt, base, store, keys, evaluate, train_pool, mine)
     elif method.trains and store.dir_complete(keys.adapter):
         summary = json.loads(store.read_bytes(f"{keys.adapter}/{TRAIN_SUMMARY}"))
+    distributed.barrier()  # every rank's shards are stored
+    if not distributed.is_main():
+        return RunOutcome(location, keys, skipped=False)
     metrics = _write_metrics(loaded, store, keys, evaluate, summary)
     # _write_metrics read every shard back from storage (S3: each checked against its SHA-256)
     # and matched the example ids, so _SUCCESS vouches for objects confirmed in storage.

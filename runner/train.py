@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from runner import preemption
+from runner import distributed, preemption
 from runner.console import log, progress
 from runner.data import Example
 from runner.icl import PromptFormat
@@ -144,6 +144,8 @@ def _mark_checkpoints_complete():
         """
 
         def on_save(self, args, state, control, **kwargs):
+            if not state.is_world_process_zero:
+                return  # rank 0 writes checkpoints; another rank could mark one still being written
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir():
                 (folder / CHECKPOINT_COMPLETE).write_text(str(state.global_step))
@@ -168,14 +170,19 @@ def _progress_callback(total_steps: int, log_path: Path):
             self._task = None
 
         def on_train_begin(self, args, state, control, **kwargs):
+            if not state.is_world_process_zero:
+                return
             self._stack = progress("training", state.max_steps or total_steps)
             self._task = self._stack.__enter__()
             self._task.advance(state.global_step)
 
         def on_step_end(self, args, state, control, **kwargs):
-            self._task.advance(1)
+            if self._task is not None:
+                self._task.advance(1)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero:
+                return
             logs = logs or {}
             record = {"step": state.global_step, "epoch": state.epoch, "time": time.time(), **logs}
             with log_path.open("a") as handle:
@@ -264,6 +271,8 @@ def train(
         # Batches of similar length waste little compute on padding (measured: padding_fraction).
         train_sampling_strategy="group_by_length",
         dataloader_num_workers=0,
+        # Without GPUs the trainer only goes data parallel when told to use the CPU with gloo.
+        **({"use_cpu": True, "ddp_backend": "gloo"} if device == "cpu" and distributed.world_size() > 1 else {}),
     )
     trainer = SFTTrainer(
         model=model,
@@ -283,7 +292,7 @@ def train(
     counter = TokenCounter(trainer.data_collator)
     trainer.data_collator = counter
     checkpoints = complete_checkpoints(checkpoint_dir)
-    for partial in set(checkpoint_dir.glob("checkpoint-*")) - set(checkpoints):
+    for partial in set(checkpoint_dir.glob("checkpoint-*")) - set(checkpoints) if distributed.is_main() else ():
         shutil.rmtree(partial)  # cut off mid-write by a kill; the trainer would choke on it
     if checkpoints:
         log(f"resuming training from {checkpoints[-1].name}")
@@ -294,7 +303,7 @@ def train(
     seconds = time.perf_counter() - started
     preemption.stop_if_requested(f"checkpoint-{trainer.state.global_step}")
     # Counted before the final evaluation, whose batches go through the same collator.
-    real, padded = counter.real, counter.padded
+    real, padded = distributed.total([counter.real, counter.padded])
     after = _heldout_loss(trainer) if eval_dataset is not None else None
     trainable, total = count_parameters(model)
     return TrainResult(
