@@ -70,6 +70,7 @@ class Context:
         os.replace(staging, path)
 
     def time_left(self) -> float:
+        """Seconds until the section's deadline."""
         return self.deadline - time.monotonic()
 
     @property
@@ -80,6 +81,7 @@ class Context:
         return torch.bfloat16 if self.device == "cuda" and not self.tiny else torch.float32
 
     def sync(self) -> None:
+        """Wait for queued GPU work, so a clock read after it covers that work."""
         if self.device == "cuda":
             import torch
 
@@ -358,6 +360,7 @@ def run_section(name: str, out: Path, tiny: bool, seconds: float) -> int:
 
 
 def main() -> int:
+    """Run one section, or write the report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("section", choices=[*SECTIONS, "report"])
     parser.add_argument("--out", type=Path, required=True)
