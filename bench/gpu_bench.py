@@ -177,8 +177,8 @@ def _generation_setup(ctx: Context, shape_name: str):
     # Random weights may pick EOS at any step; every answer is forced to the same length instead.
     extra = {"min_new_tokens": sizes["new_tokens"]}
 
-    def greedy(batch_size: int):
-        return GreedySpec(max_new_tokens=sizes["new_tokens"], batch_size=batch_size, stop=(), warmup_batches=0)
+    def greedy(batch_size: int, **fields: Any):
+        return GreedySpec(max_new_tokens=sizes["new_tokens"], batch_size=batch_size, stop=(), warmup_batches=0, **fields)
 
     ctx.result.update(shape=spec.name, dtype=str(ctx.dtype), weight_bytes=gpu_models.weight_bytes(model),
                       new_tokens=sizes["new_tokens"], prompt_tokens=[sizes["shortest"], sizes["longest"]])
@@ -215,7 +215,8 @@ def generation(ctx: Context, shape_name: str) -> None:
 
 
 def compiled(ctx: Context, shape_name: str) -> None:
-    """Batch 1 with a static KV cache, which transformers compiles with CUDA graphs on a GPU.
+    """Batch 1 with `decoding.cache: static`, whose forward pass transformers compiles (CUDA
+    graphs) on a GPU, against the default dynamic cache on the same prompts.
 
     Prompts of one length: the static cache's size is prompt + answer length, and every new size
     would compile again.
@@ -223,14 +224,13 @@ def compiled(ctx: Context, shape_name: str) -> None:
     spec, sizes, model, tokenizer, _, extra, greedy = _generation_setup(ctx, shape_name)
     length = sizes["longest"]
     queries = gpu_models.queries(sizes["loop_prompts"] + 1, spec.config["vocab_size"], length, length, seed=1)
-    extra = {**extra, "cache_implementation": "static"}
     started = time.perf_counter()
-    ours(model, tokenizer, queries[:1], greedy(1), ctx, extra)  # compiles
+    ours(model, tokenizer, queries[:1], greedy(1, cache="static"), ctx, extra)  # compiles
     ctx.result["compile_seconds"] = time.perf_counter() - started
     ctx.result["prompt_tokens"] = [length, length]
     ctx.save()
-    plain = ours(model, tokenizer, queries[1:], greedy(1), ctx, {"min_new_tokens": sizes["new_tokens"]})
-    static = ours(model, tokenizer, queries[1:], greedy(1), ctx, extra)
+    plain = ours(model, tokenizer, queries[1:], greedy(1), ctx, extra)
+    static = ours(model, tokenizer, queries[1:], greedy(1, cache="static"), ctx, extra)
     ctx.result.update(eager=_without_rows(plain), static_compiled=_without_rows(static))
 
 
