@@ -112,6 +112,7 @@ def main() -> None:
     gemma_folder, _ = packaged_model_dir("gemma3-270m")
     variants = [
         (f"qabench batched (batch {args.batch_size})", greedy, None),
+        (f"qabench batched, static cache (batch {args.batch_size})", greedy.model_copy(update={"cache": "static"}), None),
         ("prompt lookup (batch 1)", lookup, None),
         ("speculative, self draft (batch 1)", self_spec, {"assistant_model": draft_model(folder, self_spec)}),
         ("speculative, Gemma 3 270M cross-tokenizer draft (batch 1)", cross_spec,
