@@ -145,7 +145,7 @@ import os, signal, sys
 from runner.cli import main
 from runner.s3store import S3Store
 point = sys.argv.pop(1)
-put_dir, upload = S3Store.put_dir, S3Store._upload
+put_dir, upload, create = S3Store.put_dir, S3Store._upload, S3Store._create
 def put_dir_then_die(self, key, folder):
     put_dir(self, key, folder)
     if point == "checkpoint-2" and key.endswith("/checkpoints/checkpoint-2"):
@@ -154,7 +154,11 @@ def die_while_uploading(self, key, path):
     if point == "upload-shard-1" and key.endswith("/shard-00001.parquet"):
         os.kill(os.getpid(), signal.SIGKILL)
     upload(self, key, path)
-S3Store.put_dir, S3Store._upload = put_dir_then_die, die_while_uploading
+def die_while_creating(self, key, path):
+    if point == "upload-shard-1" and key.endswith("/shard-00001.parquet"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return create(self, key, path)
+S3Store.put_dir, S3Store._upload, S3Store._create = put_dir_then_die, die_while_uploading, die_while_creating
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -207,20 +211,21 @@ def test_storage_outage_mid_run_fails_clearly_keeps_work_and_rerun_completes(s3,
     manifest = tiny_manifest("s3-outage")
     run = _run_prefix(manifest)
     monkeypatch.setenv("QABENCH_S3_MAX_ATTEMPTS", "2")
-    write = S3Store.write_bytes
+    write = S3Store.write_new  # shards are written first-writer-wins
 
     def write_then_lose_the_server(self, key, data):
-        write(self, key, data)
+        written = write(self, key, data)
         if key.endswith("shard-00001.parquet"):
             s3.server.stop()
+        return written
 
-    monkeypatch.setattr(S3Store, "write_bytes", write_then_lose_the_server)
+    monkeypatch.setattr(S3Store, "write_new", write_then_lose_the_server)
     assert main(["run", str(manifest), "--storage", s3.uri]) == 3
     err = capsys.readouterr().err
     assert f"cannot reach the S3 endpoint {s3.server.endpoint}" in err and "shard-00002.parquet" in err and "Traceback" not in err
     kept = next(s3.workdir.rglob("shard-00002.parquet")).read_bytes()
 
-    monkeypatch.setattr(S3Store, "write_bytes", write)
+    monkeypatch.setattr(S3Store, "write_new", write)
     s3.server.start()
     assert main(["run", str(manifest), "--storage", s3.uri]) == 0
     out = capsys.readouterr().out
