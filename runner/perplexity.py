@@ -34,15 +34,14 @@ def reference_nll(model: Any, fmt: PromptFormat, batch: Sequence[Query], device:
     for row, sequence in enumerate(sequences):
         ids[row, width - len(sequence):] = torch.tensor(sequence)
         mask[row, width - len(sequence):] = 1
+    # Answers sit at the end of every left-padded row, so only the last `keep` positions need
+    # logits: all of them would be batch × length × vocabulary floats (tens of GB for Gemma's
+    # 262k-token vocabulary at batch 25).
+    keep = max(answer_lengths) + 1
     with torch.inference_mode():
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-    # Prompt-tuned models put virtual tokens first; the last `width` positions are the input's.
-    logits = logits[:, -width:, :].float()
-    log_probs = torch.log_softmax(logits[:, :-1, :], dim=-1)
-    targets = ids[:, 1:].to(log_probs.device)
-    token_log_probs = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    results = []
-    for row, length in enumerate(answer_lengths):
-        nll = -token_log_probs[row, width - 1 - length:].sum().item()
-        results.append((nll, length))
-    return results
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=keep).logits
+    predicting = logits[:, -keep:-1, :].float()  # positions width-keep .. width-2
+    targets = ids[:, width - keep + 1 :].to(predicting.device)
+    picked = predicting.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    token_nll = torch.logsumexp(predicting, dim=-1) - picked
+    return [(token_nll[row, -length:].sum().item(), length) for row, length in enumerate(answer_lengths)]
