@@ -23,7 +23,7 @@ def _is_grid(path: Path) -> bool:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from runner.manifest import check_manifest, manifest_files, unfetched_data
+    from runner.manifest import check_manifest, fetch_command, manifest_files, unfetched_data
 
     files = manifest_files([Path(p) for p in args.paths])
     missing = [p for p in args.paths if not Path(p).exists()]
@@ -51,10 +51,7 @@ def _validate(args: argparse.Namespace) -> int:
     if problems:
         return 2
     if unfetched:
-        roots = sorted({str(f.parent.parent) for f in unfetched})
-        datasets = " ".join(sorted({f.parent.name for f in unfetched}))
-        error(f"note: {len(unfetched)} UnifiedQA file(s) not fetched yet; before running: "
-              f"python -m runner data fetch {datasets} --to {roots[0]}")
+        error(f"note: {len(unfetched)} UnifiedQA file(s) not fetched yet; before running: {fetch_command(sorted(unfetched))}")
     grid_note = f" and {len(grids)} grid(s)" if grids else ""
     print(f"{len(manifests)} manifest(s){grid_note} valid")
     return 0

@@ -45,15 +45,16 @@ def length_batches(queries: Sequence[Query], batch_size: int, budget=lambda quer
     return batches
 
 
-def _left_pad(batch: Sequence[Query], pad_id: int, device: str):
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device: str):
+    """Token id rows right-aligned in one tensor, with the attention mask that hides the padding."""
     import torch
 
-    width = max(len(q.input_ids) for q in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, query in enumerate(batch):
-        ids[row, width - len(query.input_ids):] = torch.tensor(query.input_ids)
-        mask[row, width - len(query.input_ids):] = 1
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        ids[row, width - len(sequence):] = torch.tensor(list(sequence))
+        mask[row, width - len(sequence):] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -120,7 +121,7 @@ def generate_batch(
     import torch
     from transformers import LogitsProcessorList
 
-    ids, mask = _left_pad(batch, tokenizer.pad_token_id, device)
+    ids, mask = left_pad([q.input_ids for q in batch], tokenizer.pad_token_id, device)
     eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None else tokenizer.eos_token_id
     eos_ids = set(eos) if isinstance(eos, (list, tuple)) else {eos}
     decoding = DECODINGS.get(spec.kind)

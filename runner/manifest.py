@@ -361,6 +361,13 @@ def unfetched_data(loaded: LoadedManifest) -> list[Path]:
     return [f for f in loaded.data_files() if f.parent.name in official and not f.is_file()]
 
 
+def fetch_command(files: list[Path]) -> str:
+    """The `runner data fetch` command that downloads these official files (first data root)."""
+    datasets = " ".join(sorted({f.parent.name for f in files}))
+    root = sorted({str(f.parent.parent) for f in files})[0]
+    return f"python -m runner data fetch {datasets} --to {root}"
+
+
 def _data_problems(loaded: LoadedManifest, index: _LineIndex, shown: str) -> list[Problem]:
     """Checks that need the file system: the data root and every split file exist (fetchable
     official files excepted, see `unfetched_data`)."""

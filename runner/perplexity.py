@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from runner.generate import Query
+from runner.generate import Query, left_pad
 from runner.icl import PromptFormat
 
 
@@ -27,19 +27,14 @@ def reference_nll(model: Any, fmt: PromptFormat, batch: Sequence[Query], device:
         answer = _answer_ids(fmt, query)[: max(1, context_length - len(query.input_ids))]
         sequences.append(query.input_ids + answer)
         answer_lengths.append(len(answer))
-    width = max(len(s) for s in sequences)
-    pad = fmt.tokenizer.pad_token_id
-    ids = torch.full((len(batch), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, sequence in enumerate(sequences):
-        ids[row, width - len(sequence):] = torch.tensor(sequence)
-        mask[row, width - len(sequence):] = 1
+    ids, mask = left_pad(sequences, fmt.tokenizer.pad_token_id, device)
+    width = ids.shape[1]
     # Answers sit at the end of every left-padded row, so only the last `keep` positions need
     # logits: all of them would be batch × length × vocabulary floats (tens of GB for Gemma's
     # 262k-token vocabulary at batch 25).
     keep = max(answer_lengths) + 1
     with torch.inference_mode():
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=keep).logits
+        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
     predicting = logits[:, -keep:-1, :].float()  # positions width-keep .. width-2
     targets = ids[:, width - keep + 1 :].to(predicting.device)
     picked = predicting.gather(-1, targets.unsqueeze(-1)).squeeze(-1)

@@ -47,15 +47,11 @@ def _data_identity(loaded: LoadedManifest) -> tuple[str, dict[str, str]]:
 
 def plan(loaded: LoadedManifest, storage: str | None) -> tuple[Store, RunKeys, dict[str, str]]:
     """The store and keys a manifest's run lives under, and the data file hashes."""
-    from runner.manifest import unfetched_data
+    from runner.manifest import fetch_command, unfetched_data
 
     missing = unfetched_data(loaded)
     if missing:
-        datasets = " ".join(sorted({f.parent.name for f in missing}))
-        raise DataError(
-            f"{len(missing)} data file(s) not fetched yet, e.g. {missing[0]}; run "
-            f"`python -m runner data fetch {datasets} --to {missing[0].parent.parent}`"
-        )
+        raise DataError(f"{len(missing)} data file(s) not fetched yet, e.g. {missing[0]}; run `{fetch_command(missing)}`")
     combined, per_file = _data_identity(loaded)
     store = open_store(storage or loaded.manifest.output.storage)
     return store, RunKeys(loaded.manifest.name, run_digest(loaded, combined)), per_file
