@@ -5,13 +5,16 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from runner.data import Example
 from runner.decoding import DECODINGS, DecodingSpec
 from runner.draft_stats import count_generation
 from runner.icl import Prompt
 from runner.memory import peak_memory_bytes, reset_peak_memory
+
+if TYPE_CHECKING:
+    from runner.prefix_cache import PrefixCache
 
 
 @dataclass(frozen=True)
@@ -113,15 +116,22 @@ def _stop_criteria(tokenizer: Any, stops: Sequence[str]):
 
 
 def generate_batch(
-    model: Any, tokenizer: Any, batch: Sequence[Query], spec: DecodingSpec, device: str, extra: dict[str, Any] | None = None
+    model: Any,
+    tokenizer: Any,
+    batch: Sequence[Query],
+    spec: DecodingSpec,
+    device: str,
+    extra: dict[str, Any] | None = None,
+    prefix_cache: PrefixCache | None = None,
 ) -> list[dict]:
     """Generate answers for one batch and return one prediction row per query.
 
-    `extra` holds generate arguments built once per run (a speculative draft model)."""
+    `extra` holds generate arguments built once per run (a speculative draft model);
+    `prefix_cache`, kept for a run, computes the prompts' shared prefix once (dynamic cache only).
+    """
     import torch
     from transformers import LogitsProcessorList
 
-    ids, mask = left_pad([q.input_ids for q in batch], tokenizer.pad_token_id, device)
     eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None else tokenizer.eos_token_id
     eos_ids = set(eos) if isinstance(eos, (list, tuple)) else {eos}
     decoding = DECODINGS.get(spec.kind)
@@ -135,6 +145,14 @@ def generate_batch(
         torch.cuda.synchronize()
     started = time.perf_counter()
     clock = _first_token_clock(device)
+    prefixed = None
+    if prefix_cache is not None and spec.cache == "dynamic" and decoding.starts_from_prefix_cache:
+        prefixed = prefix_cache.prepare([q.input_ids for q in batch], tokenizer.pad_token_id, limit)
+    if prefixed is not None:
+        ids, mask = prefixed.input_ids, prefixed.attention_mask
+        kwargs["cache"] = prefixed.cache
+    else:
+        ids, mask = left_pad([q.input_ids for q in batch], tokenizer.pad_token_id, device)
     with torch.inference_mode(), count_generation(model) as counts:
         output = model.generate(
             input_ids=ids,

@@ -131,6 +131,7 @@ def _generate_shards(loaded, model, fmt, base, store, keys, evaluate, train_pool
     from runner.icl import select_shots, shot_rng
     from runner.backoff import MemoryBackoff
     from runner.perplexity import reference_nll
+    from runner.prefix_cache import PrefixCache
 
     manifest = loaded.manifest
     decoding, size = manifest.decoding, manifest.eval.shard_size
@@ -148,6 +149,7 @@ def _generate_shards(loaded, model, fmt, base, store, keys, evaluate, train_pool
     def by_format(query: Query) -> int:
         return decoding.new_tokens_for(query.example.format)
     extra = DECODINGS.get(decoding.kind).prepare(decoding, loaded, base)
+    prefix_cache = PrefixCache(model, base.device)
     total = sum(len(evaluate[i * size : (i + 1) * size]) for i in todo)
     def queries_of(index: int) -> list[Query]:
         queries = []
@@ -160,7 +162,7 @@ def _generate_shards(loaded, model, fmt, base, store, keys, evaluate, train_pool
         return queries
 
     def answer_and_score(batch: list[Query]):
-        generated = generate_batch(model, fmt.tokenizer, batch, decoding, base.device, extra)
+        generated = generate_batch(model, fmt.tokenizer, batch, decoding, base.device, extra, prefix_cache)
         if not score_references:
             return generated, [(None, None)] * len(batch)
         return generated, reference_nll(model, fmt, batch, base.device, base.context_length)
@@ -168,7 +170,7 @@ def _generate_shards(loaded, model, fmt, base, store, keys, evaluate, train_pool
     backoff = MemoryBackoff(decoding.batch_size)
     warmup = length_batches(queries_of(todo[0]), decoding.batch_size, by_format)[: decoding.warmup_batches]
     for batch in warmup:  # untimed: first calls pay for allocation and kernel selection
-        backoff.run(batch, lambda part: generate_batch(model, fmt.tokenizer, part, decoding, base.device, extra))
+        backoff.run(batch, lambda part: generate_batch(model, fmt.tokenizer, part, decoding, base.device, extra, prefix_cache))
     with progress("generating", total) as bar:
         for index in todo:
             queries = queries_of(index)

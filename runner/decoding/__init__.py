@@ -83,6 +83,10 @@ class Decoding:
     """Further `generate` arguments that need loaded models (a speculative draft), built once per run."""
     logits_processors: Callable[[DecodingSpec, list[str]], list] = _no_processors
     """Logits processors for one batch, given its example ids in row order (seeded sampling)."""
+    starts_from_prefix_cache: bool = True
+    """Whether `generate` may start from a cache already holding the prompts' shared prefix.
+    transformers' assisted generation assumes its cache and the prompt start together and gives
+    other tokens when handed a prefilled one."""
 
 
 DECODINGS: Registry[Decoding] = Registry(__name__, "decoding strategy")

@@ -40,4 +40,4 @@ def generate_kwargs(spec: PromptLookupSpec) -> dict[str, Any]:
     return {"do_sample": False, "num_beams": 1, "prompt_lookup_num_tokens": spec.num_tokens, "max_matching_ngram_size": spec.max_ngram}
 
 
-register("prompt_lookup", Decoding(spec=PromptLookupSpec, generate_kwargs=generate_kwargs))
+register("prompt_lookup", Decoding(spec=PromptLookupSpec, generate_kwargs=generate_kwargs, starts_from_prefix_cache=False))

@@ -62,4 +62,4 @@ def prepare(spec: SpeculativeSpec, loaded: LoadedManifest, target: LoadedModel) 
     return kwargs
 
 
-register("speculative", Decoding(spec=SpeculativeSpec, generate_kwargs=generate_kwargs, prepare=prepare))
+register("speculative", Decoding(spec=SpeculativeSpec, generate_kwargs=generate_kwargs, prepare=prepare, starts_from_prefix_cache=False))

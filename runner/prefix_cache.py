@@ -1,0 +1,95 @@
+"""Shared prompt prefix: the tokens every prompt of a batch starts with (chat header, instruction,
+shots shared by all queries) go through the model once, and the batch continues from copies of
+their keys and values instead of recomputing them in every row.
+
+On a compute-bound device prefill dominates QA generation (prompts are several times longer than
+answers), so this is the largest saving batching leaves. The batch is laid out as
+`[prefix][padding][suffix]`: position ids follow the attention mask, so every real token keeps
+the position it has in an unpadded prompt and greedy answers stay those of plain generation.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from runner.generate import left_pad
+
+
+@dataclass(frozen=True)
+class PrefixedBatch:
+    """generate() inputs for a batch whose first `prefix_tokens` columns are already cached."""
+
+    input_ids: Any
+    attention_mask: Any
+    cache: Any
+    prefix_tokens: int
+
+
+def shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    """Tokens all sequences start with, leaving every sequence at least one token to feed."""
+    return min(len(os.path.commonprefix([list(s) for s in sequences])), min(len(s) for s in sequences) - 1)
+
+
+class PrefixCache:
+    """The keys and values of the latest shared prefix, reused by the next batch as far as the two
+    prefixes agree (one run's batches share the chat header and instruction, often the shots)."""
+
+    def __init__(self, model: Any, device: str):
+        self.model = model
+        self.device = device
+        self._tokens: list[int] = []
+        self._cache: Any = None
+        self.computed_tokens = 0
+        """Prefix tokens run through the model so far (the work the batches did not repeat)."""
+
+    def _window(self) -> int | None:
+        config = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
+        layer_types = getattr(config, "layer_types", None)
+        window = getattr(config, "sliding_window", None)
+        if layer_types is not None and not any("sliding" in str(kind) for kind in layer_types):
+            return None
+        return window
+
+    def _prefix_cache(self, tokens: list[int]):
+        """A batch-1 cache holding `tokens`, built from the previous prefix where they agree."""
+        import torch
+        from transformers import DynamicCache
+
+        agree = len(os.path.commonprefix([self._tokens, tokens])) if self._cache is not None else 0
+        if agree == 0:
+            cache = DynamicCache(config=self.model.config)
+        else:
+            cache = copy.deepcopy(self._cache)
+            cache.crop(agree - len(self._tokens))
+        if agree < len(tokens):
+            self.computed_tokens += len(tokens) - agree
+            with torch.inference_mode():
+                self.model(input_ids=torch.tensor([tokens[agree:]], device=self.device), cache=cache, use_cache=True, logits_to_keep=1)
+        self._tokens, self._cache = list(tokens), cache
+        return cache
+
+    def prepare(self, sequences: Sequence[Sequence[int]], pad_id: int, max_new_tokens: int) -> PrefixedBatch | None:
+        """Inputs and a filled cache for the batch, or None when no prefix is shared.
+
+        With sliding-window attention the padding between prefix and suffix would take window
+        slots a real token has in plain generation, so a batch that could outgrow the window
+        is generated the plain way."""
+        import torch
+
+        shared = shared_prefix_length(sequences)
+        window = self._window()
+        if shared < 1 or (window is not None and max(len(s) for s in sequences) + max_new_tokens > window):
+            return None
+        cache = copy.deepcopy(self._prefix_cache(list(sequences[0][:shared])))
+        cache.batch_repeat_interleave(len(sequences))
+        suffix_ids, suffix_mask = left_pad([s[shared:] for s in sequences], pad_id, self.device)
+        prefix_ids = torch.tensor([list(sequences[0][:shared])], device=self.device).expand(len(sequences), -1)
+        return PrefixedBatch(
+            input_ids=torch.cat([prefix_ids, suffix_ids], dim=1),
+            attention_mask=torch.cat([torch.ones_like(prefix_ids), suffix_mask], dim=1),
+            cache=cache,
+            prefix_tokens=shared,
+        )
