@@ -150,7 +150,8 @@ def generate_batch(
         prefixed = prefix_cache.prepare([q.input_ids for q in batch], tokenizer.pad_token_id, limit)
     if prefixed is not None:
         ids, mask = prefixed.input_ids, prefixed.attention_mask
-        kwargs["cache"] = prefixed.cache
+        # Sized per batch, so compiling it would recompile for every batch.
+        kwargs.update(cache=prefixed.cache, disable_compile=True)
     else:
         ids, mask = left_pad([q.input_ids for q in batch], tokenizer.pad_token_id, device)
     with torch.inference_mode(), count_generation(model) as counts:

@@ -18,6 +18,11 @@ from typing import Any, Sequence
 from runner.generate import left_pad
 
 
+PREFILL_ROWS = 8
+"""Prompts prefilled together: 8 suffixes of ~60 tokens make matrix products large enough to run
+at full speed on a CPU while padding within the group stays small."""
+
+
 @dataclass(frozen=True)
 class PrefixedBatch:
     """generate() inputs for a batch whose first `prefix_tokens` columns are already cached."""
@@ -71,20 +76,60 @@ class PrefixCache:
         self._tokens, self._cache = list(tokens), cache
         return cache
 
-    def prepare(self, sequences: Sequence[Sequence[int]], pad_id: int, max_new_tokens: int) -> PrefixedBatch | None:
-        """Inputs and a filled cache for the batch, or None when no prefix is shared.
-
-        With sliding-window attention the padding between prefix and suffix would take window
-        slots a real token has in plain generation, so a batch that could outgrow the window
-        is generated the plain way."""
+    def _suffix_cache(self, prefix: Any, suffixes: Sequence[Sequence[int]], pad_id: int, width: int):
+        """Keys and values of the prefix plus `suffixes`, each right-aligned in `width` columns
+        after the prefix; the gap is zeros that the attention mask hides."""
         import torch
+
+        cache = copy.deepcopy(prefix)
+        cache.batch_repeat_interleave(len(suffixes))
+        prefix_tokens = cache.get_seq_length()
+        longest = max(len(s) for s in suffixes)
+        if longest:
+            ids, mask = left_pad(suffixes, pad_id, self.device)
+            mask = torch.cat([torch.ones((len(suffixes), prefix_tokens), dtype=mask.dtype, device=self.device), mask], dim=1)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, prefix_tokens:]
+            with torch.inference_mode():
+                self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
+        layers = []
+        for layer in cache.layers:
+            keys, values = layer.keys, layer.values
+            gap = torch.zeros((*keys.shape[:2], width - longest, keys.shape[3]), dtype=keys.dtype, device=keys.device)
+            layers.append(
+                (
+                    torch.cat([keys[:, :, :prefix_tokens], gap, keys[:, :, prefix_tokens:]], dim=2),
+                    torch.cat([values[:, :, :prefix_tokens], gap, values[:, :, prefix_tokens:]], dim=2),
+                )
+            )
+        return layers
+
+    def prepare(self, sequences: Sequence[Sequence[int]], pad_id: int, max_new_tokens: int) -> PrefixedBatch | None:
+        """Inputs and a cache holding every prompt token but the last, or None when the prompts
+        share no prefix.
+
+        Prompts are prefilled in groups of similar length (the batch arrives sorted by length),
+        so padding costs little compute, then decoded together, where a large batch pays. With
+        sliding-window attention the gap between prefix and suffix would take window slots a
+        real token has in plain generation, so a batch that could outgrow the window is
+        generated the plain way."""
+        import torch
+        from transformers import StaticCache
 
         shared = shared_prefix_length(sequences)
         window = self._window()
         if shared < 1 or (window is not None and max(len(s) for s in sequences) + max_new_tokens > window):
             return None
-        cache = copy.deepcopy(self._prefix_cache(list(sequences[0][:shared])))
-        cache.batch_repeat_interleave(len(sequences))
+        prefix = self._prefix_cache(list(sequences[0][:shared]))
+        width = max(len(s) for s in sequences) - shared - 1
+        groups = [
+            self._suffix_cache(prefix, [s[shared:-1] for s in sequences[start : start + PREFILL_ROWS]], pad_id, width)
+            for start in range(0, len(sequences), PREFILL_ROWS)
+        ]
+        # Preallocated for the whole answer: a growing cache would copy every row's keys and
+        # values, prefix included, at each decoding step (most of a step's time on a CPU).
+        cache = StaticCache(config=self.model.config, max_cache_len=shared + width + 1 + max_new_tokens)
+        for index, parts in enumerate(zip(*groups)):
+            cache.update(torch.cat([k for k, _ in parts]), torch.cat([v for _, v in parts]), index)
         suffix_ids, suffix_mask = left_pad([s[shared:] for s in sequences], pad_id, self.device)
         prefix_ids = torch.tensor([list(sequences[0][:shared])], device=self.device).expand(len(sequences), -1)
         return PrefixedBatch(
