@@ -115,6 +115,51 @@ def _stop_criteria(tokenizer: Any, stops: Sequence[str]):
     return StoppingCriteriaList([StopStringCriteria(tokenizer=tokenizer, stop_strings=list(stops))] if stops else [])
 
 
+RETIRE_EVERY = 4
+"""Decoding steps between checks for finished rows: short answers (yes/no, a letter) leave the
+batch after a few steps instead of riding along until the longest answer ends."""
+
+
+def _keep_cache_rows(cache: Any, rows: Any) -> None:
+    """Keep only `rows` (a tensor of batch indices) in a preallocated cache, in place."""
+    for layer in cache.layers:
+        layer.keys = layer.keys.index_select(0, rows)
+        layer.values = layer.values.index_select(0, rows)
+        layer.batch_size = len(rows)
+
+
+def _decode_retiring_finished_rows(model, ids, mask, limit: int, settings: dict[str, Any], processors, finished) -> list[list[int]]:
+    """`generate` in spans of RETIRE_EVERY tokens; rows that finished leave between spans.
+
+    The cache (in `settings`) holds every input token but the last, so each span continues
+    exactly where the previous one stopped: the answers are those of one `generate` call.
+    Processors that keep per-row state are told which rows stay (`select_rows`)."""
+    import torch
+
+    width = ids.shape[1]
+    active = list(range(ids.shape[0]))
+    generated: list[list[int]] = [[] for _ in active]
+    while active and len(generated[active[0]]) < limit:
+        span = min(RETIRE_EVERY, limit - len(generated[active[0]]))
+        output = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=span, **settings)
+        for position, row in enumerate(active):
+            generated[row] = output[position, width:].tolist()
+        keep = [position for position, row in enumerate(active) if not finished(generated[row])]
+        if output.shape[1] - ids.shape[1] < span or not keep:
+            break
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], output.shape[1] - ids.shape[1]))], dim=1)
+        ids = output
+        if len(keep) < len(active):
+            index = torch.tensor(keep, device=ids.device)
+            ids, mask = ids.index_select(0, index), mask.index_select(0, index)
+            _keep_cache_rows(settings["cache"], index)
+            for processor in processors:
+                if hasattr(processor, "select_rows"):
+                    processor.select_rows(keep)
+            active = [active[position] for position in keep]
+    return generated
+
+
 def generate_batch(
     model: Any,
     tokenizer: Any,
@@ -154,21 +199,26 @@ def generate_batch(
         kwargs.update(cache=prefixed.cache, disable_compile=True)
     else:
         ids, mask = left_pad([q.input_ids for q in batch], tokenizer.pad_token_id, device)
+    settings = dict(
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=sorted(eos_ids),
+        stopping_criteria=_stop_criteria(tokenizer, spec.stop),
+        logits_processor=LogitsProcessorList([clock, *processors]),
+        # Settings from the model's generation_config (top_p, temperature) must not leak in.
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        **kwargs,
+    )
+    def finished(tokens: list[int]) -> bool:
+        return any(t in eos_ids for t in tokens) or cut_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), spec.stop)[1]
+
     with torch.inference_mode(), count_generation(model) as counts:
-        output = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=limit,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=sorted(eos_ids),
-            stopping_criteria=_stop_criteria(tokenizer, spec.stop),
-            logits_processor=LogitsProcessorList([clock, *processors]),
-            # Settings from the model's generation_config (top_p, temperature) must not leak in.
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            **kwargs,
-        )
+        if prefixed is not None and len(batch) > 1:
+            generated = _decode_retiring_finished_rows(model, ids, mask, limit, settings, processors, finished)
+        else:
+            output = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=limit, **settings)
+            generated = output[:, ids.shape[1]:].tolist()
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
@@ -176,7 +226,7 @@ def generate_batch(
     peak = peak_memory_bytes(device)
     rows = []
     for row, query in enumerate(batch):
-        new_tokens = _answer_tokens(output[row, ids.shape[1]:].tolist(), eos_ids, tokenizer.pad_token_id)
+        new_tokens = _answer_tokens(generated[row], eos_ids, tokenizer.pad_token_id)
         text = tokenizer.decode(new_tokens, skip_special_tokens=True)
         answer, stopped = cut_at_stop(text, spec.stop)
         if stopped:

@@ -117,3 +117,27 @@ def test_a_static_cache_run_ignores_the_prefix_cache(models, small_data):
     static = _rows(loaded["llama"], tokenizer, queries, GreedySpec(max_new_tokens=8, stop=(), cache="static"), 5, cache)
     assert static == _rows(loaded["llama"], tokenizer, queries, GreedySpec(max_new_tokens=8, stop=()), 1)
     assert cache.computed_tokens == 0
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_rows_that_finish_early_leave_the_batch_without_changing_any_answer(family, models, small_data, monkeypatch):
+    import runner.generate
+    from runner.generate import RETIRE_EVERY
+
+    kept = []
+    keep_rows = runner.generate._keep_cache_rows
+    monkeypatch.setattr(runner.generate, "_keep_cache_rows", lambda cache, rows: (kept.append(len(rows)), keep_rows(cache, rows)))
+
+    tokenizer, loaded = models
+    model = loaded[family]
+    queries = _queries(tokenizer, small_data, 2)
+    # Stop strings of single common letters end answers at scattered steps.
+    greedy = GreedySpec(max_new_tokens=16, stop=("e", "o"))
+    sample = SampleSpec(max_new_tokens=16, stop=("e", "o"), temperature=1.0, seed=9)
+    for spec in (greedy, sample):
+        plain = _rows(model, tokenizer, queries, spec, batch_size=1)
+        lengths = sorted(tokens for _, tokens in plain.values())
+        assert lengths[0] + RETIRE_EVERY <= lengths[-1], "some rows finish spans before others"
+        kept.clear()
+        assert _rows(model, tokenizer, queries, spec, 16, PrefixCache(model, "cpu")) == plain
+        assert kept and kept == sorted(kept, reverse=True), "finished rows really left, the batch only shrank"

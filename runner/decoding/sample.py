@@ -65,6 +65,11 @@ def logits_processors(spec: SampleSpec, example_ids: list[str]) -> list:
             only = torch.full_like(scores, float("-inf"))
             return only.scatter(1, chosen, 0.0)
 
+        def select_rows(self, rows: list[int]) -> None:
+            """Rows that finished left the batch: keep the generators of those that stay."""
+            if self.generators is not None:
+                self.generators = [self.generators[row] for row in rows]
+
     return [SeededSampler()]
 
 
