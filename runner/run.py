@@ -149,7 +149,9 @@ def _generate_shards(loaded, model, fmt, base, store, keys, evaluate, train_pool
     def by_format(query: Query) -> int:
         return decoding.new_tokens_for(query.example.format)
     extra = DECODINGS.get(decoding.kind).prepare(decoding, loaded, base)
-    prefix_cache = PrefixCache(model, base.device)
+    # Methods that add tokens to every prompt inside the model (prompt tuning's virtual tokens)
+    # would add them again in front of each piece of a split prompt.
+    prefix_cache = PrefixCache(model, base.device) if overhead == 0 else None
     total = sum(len(evaluate[i * size : (i + 1) * size]) for i in todo)
     def queries_of(index: int) -> list[Query]:
         queries = []

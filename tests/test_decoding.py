@@ -146,6 +146,25 @@ def test_a_model_drafting_for_itself_has_every_draft_token_accepted_and_saves_ta
     assert assisted["batch_target_forwards"] < plain["batch_target_forwards"]
 
 
+def test_a_prompts_draft_length_does_not_depend_on_the_prompts_before_it(tiny_models, small_data):
+    from transformers import AutoModelForCausalLM
+
+    from runner.decoding.speculative import SpeculativeSpec, configure_draft
+    from runner.generate import generate_batch
+
+    tokenizer, query = _one_query(tiny_models, small_data)
+    target = AutoModelForCausalLM.from_pretrained(str(tiny_models["llama"]), dtype="float32").eval()
+    twin = AutoModelForCausalLM.from_pretrained(str(tiny_models["llama"]), dtype="float32").eval()
+    spec = SpeculativeSpec(draft={"path": str(tiny_models["llama"])}, num_draft_tokens=2, max_new_tokens=12, stop=())
+    configure_draft(twin, spec)
+    runs = [generate_batch(target, tokenizer, [query], spec, "cpu", {"assistant_model": twin})[0] for _ in range(3)]
+    assert runs[0]["draft_accepted_tokens"] == runs[0]["draft_proposed_tokens"] > 0, "a self draft is always right"
+    # transformers' own `heuristic` would carry a longer length into the next call; each call
+    # here starts again from num_draft_tokens, so the same prompt drafts the same way.
+    assert twin.generation_config.num_assistant_tokens == spec.num_draft_tokens
+    assert len({(r["draft_proposed_tokens"], r["batch_target_forwards"]) for r in runs}) == 1
+
+
 def test_every_registered_decoding_strategy_has_a_valid_example_manifest(capsys):
     from conftest import REPO
     from runner.decoding import DECODINGS

@@ -27,7 +27,8 @@ class SpeculativeSpec(DecodingSpec):
     num_draft_tokens: int = Field(5, ge=1, le=64)
     """Tokens the draft proposes per verification step (the starting value for `heuristic`)."""
     schedule: Literal["constant", "heuristic"] = "heuristic"
-    """`heuristic` grows the draft length after full acceptance and shrinks it after a rejection."""
+    """`heuristic` grows the draft length after full acceptance and shrinks it after a rejection,
+    starting again from `num_draft_tokens` for every prompt."""
     cross_tokenizer: bool = False
     """The draft uses a different tokenizer (universal assisted generation re-tokenizes its text)."""
 
@@ -46,6 +47,17 @@ def _same_vocabulary(a: Any, b: Any) -> bool:
     return a.get_vocab() == b.get_vocab()
 
 
+def configure_draft(draft: Any, spec: SpeculativeSpec) -> None:
+    """Set the draft's proposal length and schedule on its generation config.
+
+    transformers' `heuristic` carries the adapted length over to the next `generate` call, so a
+    prompt's drafting would depend on the prompts before it (and the length can grow past a
+    sliding window: Gemma 3 270M as a cross-tokenizer draft failed after ~40 prompts);
+    `heuristic_transient` adapts the same way within one call and starts each call afresh."""
+    draft.generation_config.num_assistant_tokens = spec.num_draft_tokens
+    draft.generation_config.num_assistant_tokens_schedule = "heuristic_transient" if spec.schedule == "heuristic" else spec.schedule
+
+
 def prepare(spec: SpeculativeSpec, loaded: LoadedManifest, target: LoadedModel) -> dict[str, Any]:
     """Load the draft model once and return the assisted-generation arguments."""
     from runner.models import load_pretrained
@@ -54,8 +66,7 @@ def prepare(spec: SpeculativeSpec, loaded: LoadedManifest, target: LoadedModel) 
     same = _same_vocabulary(draft.tokenizer, target.tokenizer)
     if not same and not spec.cross_tokenizer:
         raise UserError("decoding.draft: its tokenizer differs from the target model's; set decoding.cross_tokenizer: true")
-    draft.model.generation_config.num_assistant_tokens = spec.num_draft_tokens
-    draft.model.generation_config.num_assistant_tokens_schedule = spec.schedule
+    configure_draft(draft.model, spec)
     kwargs: dict[str, Any] = {"assistant_model": draft.model}
     if not same:
         kwargs.update(tokenizer=target.tokenizer, assistant_tokenizer=draft.tokenizer)
