@@ -51,6 +51,7 @@ class PrefixCache:
         """Prefix tokens run through the model so far (the work the batches did not repeat)."""
 
     def _window(self) -> int | None:
+        """The model's sliding attention window, or None when no layer slides."""
         config = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
         layer_types = getattr(config, "layer_types", None)
         window = getattr(config, "sliding_window", None)
