@@ -100,12 +100,7 @@ def build_queries(tokenizer, examples: int, shots: int) -> list[Query]:
     fmt = PromptFormat(tokenizer, IclSpec())
     evaluate = load_split(REPO / "data" / "synthetic", DATASETS, "dev", examples // len(DATASETS))
     pool = load_split(REPO / "data" / "synthetic", DATASETS, "train", 64)
-    queries = []
-    for example in evaluate:
-        chosen = select_shots(example, pool, shots, shot_rng(0, example, same_for_all=True))
-        prompt = fmt.prompt(example, chosen)
-        queries.append(Query(example, prompt, fmt.encode(prompt)))
-    return queries
+    return [Query.unfitted(fmt, e, select_shots(e, pool, shots, shot_rng(0, e, same_for_all=True))) for e in evaluate]
 
 
 def main() -> None:

@@ -25,6 +25,12 @@ class Query:
     prompt: Prompt
     input_ids: list[int]
 
+    @classmethod
+    def unfitted(cls, fmt: Any, example: Example, shots: Sequence[Example] = ()) -> Query:
+        """The query with exactly these shots, not fitted to a context (benchmarks, tests)."""
+        prompt = fmt.prompt(example, shots)
+        return cls(example, prompt, fmt.encode(prompt))
+
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     """The text before the earliest stop string, and whether one was found."""

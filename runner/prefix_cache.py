@@ -52,7 +52,7 @@ class PrefixCache:
 
     def _window(self) -> int | None:
         """The model's sliding attention window, or None when no layer slides."""
-        config = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
+        config = self.model.config.get_text_config()
         layer_types = getattr(config, "layer_types", None)
         window = getattr(config, "sliding_window", None)
         if layer_types is not None and not any("sliding" in str(kind) for kind in layer_types):

@@ -99,9 +99,8 @@ def test_speculative_generation_really_consults_the_draft(tiny_models, drafts, s
     draft.register_forward_hook(lambda module, args, output: calls.append(1))
     fmt = PromptFormat(tokenizer, IclSpec())
     example = load_split(small_data, ["synthetic_extractive"], "dev", 1)[0]
-    prompt = fmt.prompt(example)
     spec = SpeculativeSpec(draft={"path": str(drafts["llama"])}, max_new_tokens=8, stop=())
-    [row] = generate_batch(target, tokenizer, [Query(example, prompt, fmt.encode(prompt))], spec, "cpu", {"assistant_model": draft})
+    [row] = generate_batch(target, tokenizer, [Query.unfitted(fmt, example)], spec, "cpu", {"assistant_model": draft})
     assert calls, "the draft model ran"
     assert 0 <= row["draft_accepted_tokens"] <= row["draft_proposed_tokens"]
     assert row["draft_proposed_tokens"] > 0
@@ -117,8 +116,7 @@ def _one_query(tiny_models, small_data, dataset="synthetic_extractive"):
     tokenizer = load_tokenizer(str(tiny_models["llama"]))
     fmt = PromptFormat(tokenizer, IclSpec())
     example = load_split(small_data, [dataset], "dev", 1)[0]
-    prompt = fmt.prompt(example)
-    return tokenizer, Query(example, prompt, fmt.encode(prompt))
+    return tokenizer, Query.unfitted(fmt, example)
 
 
 def test_a_model_drafting_for_itself_has_every_draft_token_accepted_and_saves_target_forwards(tiny_models, small_data):

@@ -45,12 +45,7 @@ def _queries(tokenizer, small_data, shots: int) -> list[Query]:
     fmt = PromptFormat(tokenizer, IclSpec())
     pool = load_split(small_data, SYNTHETIC, "train", 20)
     examples = load_split(small_data, SYNTHETIC, "dev", 4)
-    queries = []
-    for example in examples:
-        chosen = select_shots(example, pool, shots, shot_rng(3, example, same_for_all=True))
-        prompt = fmt.prompt(example, chosen)
-        queries.append(Query(example, prompt, fmt.encode(prompt)))
-    return queries
+    return [Query.unfitted(fmt, e, select_shots(e, pool, shots, shot_rng(3, e, same_for_all=True))) for e in examples]
 
 
 def _rows(model, tokenizer, queries, spec, batch_size, prefix_cache=None) -> dict[str, tuple[str, int]]:

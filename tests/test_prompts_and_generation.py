@@ -82,10 +82,7 @@ def llama_queries(small_data, tiny_models):
     tokenizer = load_tokenizer(str(tiny_models["llama"]))
     model = AutoModelForCausalLM.from_pretrained(str(tiny_models["llama"]), dtype="float32").eval()
     fmt = PromptFormat(tokenizer, IclSpec())
-    queries = []
-    for example in load_split(small_data, SYNTHETIC, "dev", 3):
-        prompt = fmt.prompt(example)
-        queries.append(Query(example, prompt, fmt.encode(prompt)))
+    queries = [Query.unfitted(fmt, example) for example in load_split(small_data, SYNTHETIC, "dev", 3)]
     return model, tokenizer, queries
 
 
