@@ -7,6 +7,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from runner.atomic import write_atomic
 from runner.console import error
 from runner.errors import InfraError, UserError
 
@@ -65,7 +66,7 @@ def _compare(args: argparse.Namespace) -> int:
             "differences": {m: asdict(d) for m, d in result.differences.items()},
             "mcnemar": {"correct": result.correct_rule, **asdict(result.mcnemar)},
         }
-        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
+        write_atomic(Path(args.json), json.dumps(payload, indent=2) + "\n")
     return 0
 
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from analysis.aggregate import headline_metric
-from analysis.load import RunInfo, RunRef, find_runs, load_runs
+from analysis.load import UNFINISHED, RunInfo, RunRef, find_runs, load_runs
 from analysis.scores import metric_order, score_table
 from analysis.stats import RESAMPLES, McNemar, PairedDifference, mcnemar, paired_bootstrap
 from runner.errors import UserError
@@ -68,7 +68,7 @@ def resolve(argument: str, source: str | None) -> RunRef:
     """The completed run an argument names; UserError when there is none (or several)."""
     ref = _in_source(argument, source) if source else _run_location(argument)
     if not ref.store.exists(ref.key(ref.keys.success)):
-        what = "no run" if not ref.store.exists(ref.key(ref.keys.manifest)) else "no _SUCCESS: the run did not finish (or is still running)"
+        what = "no run" if not ref.store.exists(ref.key(ref.keys.manifest)) else UNFINISHED
         raise UserError(f"{ref.where()}: {what}")
     return ref
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Sequence
 from analysis.aggregate import Summary
 from analysis.document import Block, Bullets, Document, Figure, Section, Table
 from analysis.tables import estimate, number
+from runner.paths import METRICS_FILE, SUCCESS_FILE
 
 if TYPE_CHECKING:
     from analysis.report import Analysis
@@ -28,8 +29,8 @@ _COST_COLUMNS = (
 )
 
 DEFINITIONS = (
-    "Every number is recomputed from the prediction shards of completed runs (`_SUCCESS` present) with the current "
-    "scorers; training figures come from each run's `metrics.json`. A metric's mean is over the examples it scores "
+    f"Every number is recomputed from the prediction shards of completed runs (`{SUCCESS_FILE}` present) with the current "
+    f"scorers; training figures come from each run's `{METRICS_FILE}`. A metric's mean is over the examples it scores "
     "(a metric that does not apply to an example, such as yes/no accuracy on a span question, leaves it out). "
     "Brackets give a 95% percentile bootstrap interval over examples (1,000 resamples, seeded per run and metric). "
     "gen tok/s counts generated answer tokens per second of generation; prompt tok/s is prefill throughput (prompt "

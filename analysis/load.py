@@ -17,14 +17,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
-from analysis.progress import progress
-from analysis.verify import CHECKSUMS_FILE, TARGET_SCHEMA, ShardProblem, parse_checksums, read_shard
-from runner.paths import RunKeys, shard_index
+from analysis.verify import TARGET_SCHEMA, ShardProblem, parse_checksums, read_shard
+from runner.console import progress
+from runner.paths import CHECKSUMS_FILE, MANIFEST_FILE, PROVENANCE_FILE, SUCCESS_FILE, TRAININGS, RunKeys, shard_index
 from runner.storage import Store
 
 # The runner's digest is 12 hex digits; a looser pattern still keeps adapter/ or checkpoint files
 # that happen to be named manifest.yaml from passing for run folders.
 _DIGEST = re.compile(r"^[0-9a-f]{6,64}$")
+
+UNFINISHED = f"no {SUCCESS_FILE}: the run did not finish (or is still running)"
+"""Why a run folder without its completion marker is left out."""
 
 IDENTITY_COLUMNS = ("run", "digest", "model", "method", "shots", "decoding")
 """Manifest fields copied onto every example row, in this order, before the shard columns."""
@@ -90,7 +93,7 @@ class EvalSet:
         theirs = dict(other.data_sha256)
         for name, digest in self.data_sha256:
             if name in theirs and theirs[name] != digest:
-                return f"{name} has sha256 {digest[:12]}… vs {theirs[name][:12]}… (provenance.json): different data"
+                return f"{name} has sha256 {digest[:12]}… vs {theirs[name][:12]}… ({PROVENANCE_FILE}): different data"
         return None
 
 
@@ -153,15 +156,17 @@ def find_runs(store: Store) -> tuple[list[RunRef], list[Skipped]]:
     folders: dict[tuple[str, str, str], set[str]] = {}
     for key in store.list(""):
         parts = key.split("/")
-        if len(parts) >= 3 and parts[-1] in ("_SUCCESS", "manifest.yaml") and _DIGEST.match(parts[-2]):
+        # trainings/<digest>/ holds a _SUCCESS too, but it is a training stage that runs share,
+        # not a run: it has no manifest or predictions of its own.
+        if len(parts) >= 3 and parts[-1] in (SUCCESS_FILE, MANIFEST_FILE) and _DIGEST.match(parts[-2]) and parts[-3] != TRAININGS:
             folders.setdefault(("/".join(parts[:-3]), parts[-3], parts[-2]), set()).add(parts[-1])
     complete, skipped = [], []
     for (base, name, digest), files in sorted(folders.items()):
         ref = RunRef(store, base, RunKeys(name, digest))
-        if "_SUCCESS" in files:
+        if SUCCESS_FILE in files:
             complete.append(ref)
         else:
-            skipped.append(Skipped(ref.where(), "no _SUCCESS: the run did not finish (or is still running)"))
+            skipped.append(Skipped(ref.where(), UNFINISHED))
     return complete, skipped
 
 
@@ -238,7 +243,7 @@ def _plan(ref: RunRef) -> _Pending:
         raise _RunProblem(ref.where(ref.keys.shard(gaps[0])), f"missing: shards 0-{indices[-1]} expected, {len(gaps)} absent")
     checksums: dict[str, str] | None = None
     if CHECKSUMS_FILE in names:
-        listing_key = f"{ref.keys.predictions}/{CHECKSUMS_FILE}"
+        listing_key = ref.keys.checksums
         try:
             checksums = parse_checksums(ref.store.read_bytes(ref.key(listing_key)))
         except ShardProblem as exc:
@@ -302,7 +307,7 @@ def load_runs(refs: Sequence[RunRef], show_progress: bool = True) -> Loaded:
             skipped.append(exc.skipped)
     jobs = [(p, key) for p in pending for key in p.shard_keys]
     results: dict[tuple[int, str], pa.Table | Skipped] = {}
-    with progress("reading shards", len(jobs), enabled=show_progress) as ticker, ThreadPoolExecutor(READ_THREADS) as pool:
+    with progress("reading shards", len(jobs), stderr=True, transient=True, enabled=show_progress) as ticker, ThreadPoolExecutor(READ_THREADS) as pool:
         futures = {(id(p), key): pool.submit(_read, p, key) for p, key in jobs}
         for slot, future in futures.items():
             results[slot] = future.result()

@@ -23,6 +23,7 @@ from analysis.pairs import Payback, SpeedUp, paybacks, speed_ups
 from analysis.scores import metric_order, score_table, with_scores
 from analysis.tables import to_csv
 from runner.errors import UserError
+from runner.paths import MANIFEST_FILE, SUCCESS_FILE
 from runner.storage import LocalStore, open_store
 
 
@@ -52,8 +53,8 @@ def analyse(source: str, metrics: Sequence[str] | None = None, seed: int = 0, jo
     store = open_store(source)
     refs, unfinished = find_runs(store)
     if not refs and not unfinished:
-        hint = "; it is one run's folder: pass the storage folder two levels up" if store.exists("manifest.yaml") else ""
-        raise UserError(f"{source}: no runs found (expected <name>/<digest>/_SUCCESS folders under it){hint}")
+        hint = "; it is one run's folder: pass the storage folder two levels up" if store.exists(MANIFEST_FILE) else ""
+        raise UserError(f"{source}: no runs found (expected <name>/<digest>/{SUCCESS_FILE} folders under it){hint}")
     loaded = load_runs(refs, show_progress=show_progress)
     loaded = Loaded(loaded.table, loaded.runs, tuple(unfinished) + loaded.skipped)
     if not loaded.runs:

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from analysis.progress import progress
+from runner.console import progress
 from runner.score import score_rows
 from runner.scoring import SCORERS
 
@@ -83,7 +83,7 @@ def _score_distinct(rows: list[dict], metrics: list[str], jobs: int, show_progre
     size = max(1, -(-len(rows) // (jobs * 4 if parallel else 20)))
     chunks = [rows[i : i + size] for i in range(0, len(rows), size)]
     scored: list[list[float | None]] = []
-    with progress("scoring distinct answers", len(rows), enabled=show_progress) as ticker:
+    with progress("scoring distinct answers", len(rows), stderr=True, transient=True, enabled=show_progress) as ticker:
         if parallel:
             # spawn, not fork: the parent holds Arrow's thread pools, which fork would copy mid-state.
             with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:

@@ -16,10 +16,8 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from runner.paths import CHECKSUMS_FILE
 from runner.shards import SHARD_SCHEMA
-
-CHECKSUMS_FILE = "_CHECKSUMS.json"
-"""Optional file in a run's predictions/ folder: {"sha256": {"shard-00000.parquet": "<hex>", ...}}."""
 
 SCHEMA_VERSION_KEY = b"qabench.shard_schema_version"
 """Parquet schema metadata key that, when the runner writes it, must equal SHARD_SCHEMA's value."""
@@ -39,7 +37,8 @@ class ShardProblem(Exception):
 
 
 def parse_checksums(data: bytes) -> dict[str, str]:
-    """File name → sha256 hex from a _CHECKSUMS.json; ShardProblem if it is not that shape."""
+    """File name → sha256 hex from a run's checksum list (predictions/_CHECKSUMS.json, optional):
+    {"sha256": {"shard-00000.parquet": "<hex>", ...}}; ShardProblem if it is not that shape."""
     try:
         listing = json.loads(data)["sha256"]
         if not isinstance(listing, dict) or not all(isinstance(v, str) for v in listing.values()):

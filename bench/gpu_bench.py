@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import gpu_models  # noqa: E402
+from runner.atomic import write_atomic  # noqa: E402
 
 # Memory bandwidth by card, TB/s (vendor data sheets); the first pattern that matches the
 # device name wins, so the specific names come before the general ones.
@@ -63,11 +64,8 @@ class Context:
     result: dict[str, Any] = field(default_factory=dict)
 
     def save(self) -> None:
-        """Write the section's JSON atomically (temp file + rename): a reader never sees half of it."""
-        path = self.out / f"{self.section}.json"
-        staging = path.with_suffix(".json.tmp")
-        staging.write_text(json.dumps(self.result, indent=2, default=str))
-        os.replace(staging, path)
+        """Write the section's JSON whole: a section killed by its timeout leaves the last complete one."""
+        write_atomic(self.out / f"{self.section}.json", json.dumps(self.result, indent=2, default=str))
 
     def time_left(self) -> float:
         """Seconds until the section's deadline."""

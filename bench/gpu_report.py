@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from runner.atomic import write_atomic
+
 GB = 1e9
 
 
@@ -174,7 +176,7 @@ def write_report(folder: Path, names: list[str]) -> str:
         *[f"| {name} | {_status(data, seen)} | {_num((data or {}).get('seconds'), '.0f')} |" for name, (data, seen) in loaded.items()],
     ]
     text = "\n".join(md) + "\n"
-    (folder / "gpu-bench.md").write_text(text)
+    write_atomic(folder / "gpu-bench.md", text)
     raw = {"sections": sections, "status": {n: _status(d, s) for n, (d, s) in loaded.items()}, "targets": found}
-    (folder / "gpu-bench.json").write_text(json.dumps(raw, indent=2, default=str))
+    write_atomic(folder / "gpu-bench.json", json.dumps(raw, indent=2, default=str))
     return text

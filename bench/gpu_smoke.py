@@ -17,6 +17,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from runner.atomic import write_atomic  # noqa: E402
 from runner.cli import main  # noqa: E402
 from runner.data.synthetic import write_synthetic  # noqa: E402
 from runner.manifest import load_manifest  # noqa: E402
@@ -77,7 +78,7 @@ def main_smoke(out: Path) -> int:
                 failures += 1
             rows.append(row)
             print(json.dumps(row), flush=True)
-    out.write_text(json.dumps(rows, indent=2))
+    write_atomic(out, json.dumps(rows, indent=2))
     return failures
 
 

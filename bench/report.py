@@ -3,7 +3,7 @@ naive per-file pandas loop, in one process on the same files.
 
 The synthetic grid is 20 runs (two models; k-shot series 0-8, six fine-tuning methods,
 speculative twins) over one eval set of 50,000 examples from eight UnifiedQA datasets, 50 shards
-per run, written in the runner's layout by analysis/synthetic.py. Timed stages:
+per run, written in the runner's layout by bench/synthetic_runs.py. Timed stages:
 
 - load: find completed runs, verify and read every shard, one Arrow table with manifest columns;
   naive: `pd.read_parquet` per file, `pd.concat`, manifest fields added per run.
@@ -32,7 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from analysis.synthetic import FORMATS, SyntheticRun, eval_examples, write_run  # noqa: E402
+from bench.synthetic_runs import FORMATS, SyntheticRun, eval_examples, write_run  # noqa: E402
 
 # 50,000 examples × 20 runs = 1,000,000 predictions; 1,000 per shard → 1,000 shards.
 EXAMPLES_PER_DATASET = 6250
@@ -65,7 +65,7 @@ def generate(storage: Path) -> None:
     shutil.rmtree(storage, ignore_errors=True)
     with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
         list(pool.map(_write, [(storage, run) for run in grid()]))
-    marker.write_text("ok\n")
+    write_atomic(marker, "ok\n")
 
 
 def ours(storage: Path, metrics: list[str], out: Path) -> dict[str, float]:

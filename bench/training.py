@@ -48,6 +48,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from runner.atomic import write_atomic  # noqa: E402
+
 DATASETS = ["synthetic_yes_no", "synthetic_multiple_choice", "synthetic_extractive", "synthetic_abstractive"]
 BATCHING = ("naive", "qabench")
 METHODS = {
@@ -218,7 +220,7 @@ def main() -> None:
     if args.child:
         method, batching = args.child.split(":")
         with tempfile.TemporaryDirectory() as workdir:
-            args.result.write_text(json.dumps(run_variant(method, batching, args, Path(workdir))))
+            write_atomic(args.result, json.dumps(run_variant(method, batching, args, Path(workdir))))
         return
 
     order = list(BATCHING) + list(reversed(BATCHING)) * (args.repeats - 1)
@@ -235,7 +237,7 @@ def main() -> None:
           f"(one epoch of {args.steps * args.batch_size} examples) × {args.repeats} run(s) per variant, max_seq_length "
           f"{args.max_seq_length}, sequence tokens min/mean/max {lengths['min']}/{lengths['mean']:.0f}/{lengths['max']}")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        write_atomic(args.json, json.dumps(rows, indent=2))
     print(table(rows))
 
 

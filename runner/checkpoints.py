@@ -11,13 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from runner.console import log
-from runner.paths import RunKeys
+from runner.paths import TrainingKeys
 from runner.storage import Store
 
 CHECKPOINT_PREFIX = "checkpoint-"
 
 
-def _stored_folders(store: Store, keys: RunKeys) -> dict[int, str]:
+def _stored_folders(store: Store, keys: TrainingKeys) -> dict[int, str]:
     """Step → key of every checkpoint folder in storage, complete or not."""
     folders = {}
     for key in store.list(keys.checkpoints):
@@ -27,7 +27,15 @@ def _stored_folders(store: Store, keys: RunKeys) -> dict[int, str]:
     return folders
 
 
-def restore_training(store: Store, keys: RunKeys, checkpoint_dir: Path, log_path: Path) -> None:
+def newest_stored_checkpoint(store: Store, keys: TrainingKeys) -> int | None:
+    """The step of the newest complete checkpoint in storage (where a training would resume), or None."""
+    for step, key in sorted(_stored_folders(store, keys).items(), reverse=True):
+        if store.dir_complete(key):
+            return step
+    return None
+
+
+def restore_training(store: Store, keys: TrainingKeys, checkpoint_dir: Path, log_path: Path) -> None:
     """On a host with no complete checkpoint, fetch the newest complete one (and the log so far) from storage."""
     from runner.train import complete_checkpoints
 
@@ -42,13 +50,13 @@ def restore_training(store: Store, keys: RunKeys, checkpoint_dir: Path, log_path
             return
 
 
-def publish_log(store: Store, keys: RunKeys, log_path: Path) -> None:
+def publish_log(store: Store, keys: TrainingKeys, log_path: Path) -> None:
     """Upload train_log.jsonl as it stands (a no-op rewrite of the same file for the local store)."""
     if log_path.is_file():
         store.write_bytes(keys.train_log, log_path.read_bytes())
 
 
-def checkpoint_publisher(store: Store, keys: RunKeys, checkpoint_dir: Path, log_path: Path):
+def checkpoint_publisher(store: Store, keys: TrainingKeys, checkpoint_dir: Path, log_path: Path):
     """A TrainerCallback that publishes each complete checkpoint; list it after every callback that writes into checkpoints."""
     from transformers import TrainerCallback
 

@@ -1,4 +1,4 @@
-"""`python -m runner`: validate | schema | run | score | pull | expand | k8s | data. Thin: heavy imports happen inside."""
+"""`python -m runner`: validate | schema | plan | run | score | pull | expand | k8s | data. Thin: heavy imports happen inside."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from runner.console import error
+from runner.console import error, log
 from runner.errors import InfraError, UserError
 
 
@@ -73,16 +73,47 @@ def _run(args: argparse.Namespace) -> int:
     from runner import distributed, preemption
     from runner.manifest import load_manifest
     from runner.run import run
+    from runner.training_stage import TrainingBusy
 
     preemption.install()
-    for manifest in args.manifests:
-        devices = load_manifest(Path(manifest)).manifest.devices
-        if devices > 1 and distributed.world_size() == 1:
-            code = distributed.launch(Path(manifest), args.storage, devices)
+    # Every manifest is validated before the first one runs: a typo in the last must not wait hours.
+    manifests = [load_manifest(Path(path)) for path in args.manifests]
+    deferred = []
+    for position, loaded in enumerate(manifests):
+        if loaded.manifest.devices > 1 and distributed.world_size() == 1:
+            code = distributed.launch(loaded.path, args.storage, loaded.manifest.devices)
             if code != 0:
                 return code
             continue
-        run(Path(manifest), args.storage)
+        # With manifests left to run, one whose training another process holds waits until the end.
+        try:
+            run(loaded, args.storage, wait=position == len(manifests) - 1 and not deferred)
+        except TrainingBusy as busy:
+            log(f"{loaded.path.name}: {busy}; running the other manifests first")
+            deferred.append(loaded)
+    for loaded in deferred:
+        run(loaded, args.storage, wait=True)
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from runner.manifest import load_manifest, manifest_files
+    from runner.plan import build_plan, render_text
+
+    files = manifest_files([Path(p) for p in args.paths])
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        raise UserError([f"{p}: no such file or folder" for p in missing])
+    if not files:
+        raise UserError("no manifest files (*.yaml, *.yml) found")
+    manifests = [load_manifest(file, check_files=not args.schedule) for file in files if not _is_grid(file)]
+    plan = build_plan(manifests, args.storage, resolve=not args.schedule)
+    if args.schedule:
+        print("\n".join(str(path) for path in plan.schedule()))
+    elif args.json:
+        print(json.dumps(plan.as_json(), indent=2))
+    else:
+        sys.stdout.write(render_text(plan))
     return 0
 
 
@@ -178,6 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("manifests", nargs="+")
     run.add_argument("--storage", help="storage URI (folder, file:// or s3://bucket/prefix); overrides output.storage; default runs/")
     run.set_defaults(handler=_run)
+
+    plan = commands.add_parser("plan", help="the stage graph: distinct trainings and evaluations, done, partly done or pending")
+    plan.add_argument("paths", nargs="+", help="manifest files or folders (searched recursively)")
+    plan.add_argument("--storage", help="storage URI to check (default: each manifest's output.storage, else QABENCH_STORAGE, else runs/)")
+    plan.add_argument("--json", action="store_true", help="machine-readable plan")
+    plan.add_argument(
+        "--schedule", action="store_true",
+        help="print the manifests in run order (each training's first user first); reads no data, hub or storage",
+    )
+    plan.set_defaults(handler=_plan)
 
     score = commands.add_parser("score", help="recompute metrics.json of a stored run from its shards")
     score.add_argument("run", help="run location, e.g. runs/<name>/<digest>")

@@ -14,6 +14,39 @@ the method and decoding modules; do not edit by hand (`just docs` rewrites it, a
 
 A manifest is one YAML file per experiment. Unknown keys are errors; relative paths are resolved
 against the manifest's own folder. Check files with `python -m runner validate PATH...`.
+
+## Your own data: `data.format: jsonl`
+
+Besides the UnifiedQA TSV files (`data.format: unifiedqa_tsv`), a run can use your own questions
+written as JSON Lines: one JSON object per line, in `<root>/<dataset>/<split>.jsonl`, for example
+`data/custom/trivia/train.jsonl` and `data/custom/trivia/dev.jsonl`. The dataset name is the
+folder's name: letters, digits, `.`, `_` and `-`. Keys of each line:
+
+| key | required | meaning |
+|---|---|---|
+| `question` | yes | The question, a non-empty string. |
+| `answers` | yes | Reference answers, a non-empty list of non-empty strings; repeats are dropped. |
+| `context` | no | A passage the question is about, placed after the question (and options) in the prompt. |
+| `options` | no | Choices for a multiple-choice question, a list of at least 2 distinct non-empty strings; lettered (A), (B), (C), ... in the prompt as in UnifiedQA. |
+| `format` | no | The answer format: `yes_no`, `multiple_choice`, `extractive` or `abstractive`; inferred when absent. |
+| `dataset` | no | The dataset the example is reported under; default: the folder's name. |
+| `id` | no | A unique id within the file; default `<dataset>/<split>/<n>`, n counting the file's examples from 0. |
+
+Any other key is an error; `null` counts as absent. Blank lines are skipped (line numbers
+still count them). Without `format`, a line is `multiple_choice` if it has options, `yes_no` if
+every answer is yes or no (any case), `extractive` if it has a context that contains every answer
+verbatim (case-sensitive), and `abstractive` otherwise. A `multiple_choice` line must have
+options, and each answer must be one of the options' texts exactly; only `multiple_choice` lines
+may have options. An example line:
+
+```json
+{"question": "Which planet is known as the Red Planet?", "options": ["Venus", "Mars", "Jupiter"], "answers": ["Mars"]}
+```
+
+`manifests/examples/data/jsonl.yaml` runs Gemma 3 270M 2-shot on the small set in
+`data/custom/trivia`. Every bad line of every file is reported at once as `FILE:LINE: message`
+(invalid JSON or UTF-8, a missing or empty question or answers, a wrong type, bad options, an
+unknown format or key, a repeated id, an empty file), and the command exits with status 2.
 """
 
 

@@ -77,7 +77,7 @@ def _answer_tokens(new_tokens: list[int], eos_ids: set[int], pad_id: int) -> lis
     return new_tokens
 
 
-def _tokens_through_stop(tokenizer: Any, tokens: list[int], stops: Sequence[str]) -> int:
+def tokens_through_stop(tokenizer: Any, tokens: list[int], stops: Sequence[str]) -> int:
     """How many tokens it took to produce the first stop string.
 
     Assisted strategies accept several tokens per step and can run past a stop string inside
@@ -236,7 +236,7 @@ def generate_batch(
         text = tokenizer.decode(new_tokens, skip_special_tokens=True)
         answer, stopped = cut_at_stop(text, spec.stop)
         if stopped:
-            new_tokens = new_tokens[: _tokens_through_stop(tokenizer, new_tokens, spec.stop)]
+            new_tokens = new_tokens[: tokens_through_stop(tokenizer, new_tokens, spec.stop)]
             text = tokenizer.decode(new_tokens, skip_special_tokens=True)
         example = query.example
         rows.append(

@@ -1,6 +1,7 @@
 """Kubernetes: a folder of manifests as one ConfigMap plus an Indexed Job, one pod per manifest.
 
-Index i runs the i-th manifest in file-name order. Runs are idempotent and resumable, so a
+Index i runs the i-th manifest of the plan's schedule (runner/plan.py): the first user of each
+distinct training first, then the manifests that reuse a training. Runs are idempotent and resumable, so a
 retried, preempted or duplicated pod redoes nothing that is finished; the Job only has to decide
 what to retry, from the runner's exit codes (2 = the manifest is wrong: fail the index at once;
 anything else counts against the index's retries).
@@ -19,8 +20,9 @@ from urllib.parse import urlparse
 import yaml
 
 from runner.errors import EXIT_USER_ERROR, ManifestError, Problem, UserError
-from runner.grid import check_manifest_content, dump_yaml
-from runner.manifest import manifest_files
+from runner.grid import dump_yaml
+from runner.plan import build_plan
+from runner.manifest import check_manifest, manifest_files
 
 IMAGE_WORKDIR = "/app"
 """WORKDIR of the images in docker/: the checkout's files sit at the same relative paths below it."""
@@ -153,13 +155,20 @@ def collect(folder: Path) -> list[tuple[str, str]]:
         # One mount point per Job: a subfolder's relative paths would resolve elsewhere in the pod.
         raise UserError(f"{folder}: manifests in subfolders ({nested[0]}); give each folder its own Job")
     problems: list[Problem] = []
+    loaded = []
     for file in files:
         if not _CONFIGMAP_KEY.match(file.name):
             problems.append(Problem("file name must be letters, digits, '-', '_' or '.' to be a ConfigMap key", str(file)))
-        problems += check_manifest_content(file)
+        manifest, found = check_manifest(file, check_files=False)
+        problems += found
+        loaded += [manifest] if manifest else []
     if problems:
         raise ManifestError(problems)
-    return sorted((file.name, file.read_text(encoding="utf-8")) for file in files)
+    # Index order = the plan's schedule: the first user of each distinct training gets the lowest
+    # indexes, so with --parallelism N the first N pods start N different trainings and the
+    # manifests that reuse one come after it (the training's lease keeps duplicates out anyway).
+    order = build_plan(loaded, None, resolve=False).schedule()
+    return [(Path(path).name, Path(path).read_text(encoding="utf-8")) for path in order]
 
 
 def pod_args(settings: JobSettings) -> list[str]:

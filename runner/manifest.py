@@ -1,12 +1,11 @@
-"""The experiment manifest: schema, loading with FILE:LINE errors, and the run digest.
+"""The experiment manifest: schema, and the one validation core (`content_problems`, `check_manifest`)
+that `validate`, `run`, `plan`, grids and the Kubernetes renderer all use.
 
 Importing this module must stay cheap (no torch): `runner validate` runs in a second.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import string
 from dataclasses import dataclass
@@ -20,19 +19,26 @@ from runner.decoding import DECODINGS
 from runner.errors import ManifestError, Problem
 from runner.methods import METHODS
 from runner.model_spec import ModelSpec
+from runner.paths import TRAININGS
+from runner.readers import READERS, split_file
 from runner.scoring import SCORERS
 from runner.spec import Spec
+from runner.yaml_lines import LineIndex, parse_yaml, read_text
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class DataSpec(Spec):
-    """UnifiedQA-format data: `<root>/<dataset>/<split>.tsv` for each dataset."""
+    """Question-answering data: `<root>/<dataset>/<split>.<extension of the format>` for each dataset."""
 
+    format: str = "unifiedqa_tsv"
+    """File format, a registered reader: `unifiedqa_tsv` (UnifiedQA's TSV files, `<split>.tsv`) or
+    `jsonl` (your own data, `<split>.jsonl`, see "Your own data" above)."""
     root: str
     """Folder holding one subfolder per dataset, relative to the manifest file."""
     datasets: tuple[str, ...] = Field(min_length=1)
-    """UnifiedQA dataset names (boolq, squad1_1, ...) or synthetic_* sets; each fixes a format."""
+    """Dataset folder names: UnifiedQA names (boolq, squad1_1, ...) or synthetic_* sets for
+    `unifiedqa_tsv` (each fixes an answer format); any folder name for `jsonl`."""
     train_split: str = "train"
     """Split used for training and for in-context examples."""
     eval_split: str = "dev"
@@ -41,6 +47,22 @@ class DataSpec(Spec):
     """Use only the first N training examples of each dataset."""
     max_eval_examples: int | None = Field(None, ge=1)
     """Score only the first N evaluation examples of each dataset."""
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        known = READERS.discover()
+        if value not in known:
+            raise ValueError(f"unknown data format {value!r}; known: {', '.join(known)}")
+        return value
+
+    @field_validator("datasets")
+    @classmethod
+    def _each_once(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        repeated = sorted({d for d in value if value.count(d) > 1})
+        if repeated:
+            raise ValueError(f"{', '.join(repeated)} listed more than once: each dataset is read once")
+        return value
 
     @model_validator(mode="after")
     def _splits_differ(self) -> DataSpec:
@@ -218,6 +240,8 @@ class Manifest(Spec):
     def _safe_name(cls, value: str) -> str:
         if not SAFE_NAME.match(value):
             raise ValueError("must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        if value == TRAININGS:
+            raise ValueError(f"{TRAININGS!r} is the storage folder of training stages; choose another name")
         return value
 
 
@@ -237,128 +261,99 @@ class LoadedManifest:
         """A manifest path made absolute against the manifest's folder."""
         return (self.base_dir / relative).resolve()
 
+    @property
+    def data_root(self) -> Path:
+        """The data folder, absolute."""
+        return self.resolve(self.manifest.data.root)
+
     def data_file(self, dataset: str, split: str) -> Path:
-        """The TSV holding one split of one dataset."""
-        return self.resolve(self.manifest.data.root) / dataset / f"{split}.tsv"
+        """The file holding one split of one dataset."""
+        return split_file(self.data_root, dataset, split, self.manifest.data.format)
+
+    @property
+    def reads_train_split(self) -> bool:
+        """Whether the run reads the train split: to train, or to draw shots from."""
+        return METHODS.get(self.manifest.method.kind).trains or self.manifest.icl.shots > 0
+
+    def train_files(self) -> list[Path]:
+        """The train split's files (empty when the run reads no train split)."""
+        data = self.manifest.data
+        return [self.data_file(d, data.train_split) for d in data.datasets] if self.reads_train_split else []
+
+    def eval_files(self) -> list[Path]:
+        """The evaluated split's files."""
+        data = self.manifest.data
+        return [self.data_file(d, data.eval_split) for d in data.datasets]
 
     def data_files(self) -> list[Path]:
         """Every data file the run reads, train splits first."""
-        data = self.manifest.data
-        splits = (data.train_split, data.eval_split) if METHODS.get(self.manifest.method.kind).trains or self.manifest.icl.shots else (data.eval_split,)
-        return [self.data_file(d, s) for s in splits for d in data.datasets]
+        return self.train_files() + self.eval_files()
+
+    def relative_data_name(self, file: Path) -> str:
+        """`<dataset>/<split file>`: a data file named independently of where the data folder is."""
+        return file.relative_to(self.data_root).as_posix()
 
 
 # ---------------------------------------------------------------------------------------------
-# Loading: YAML with line numbers, every problem at once.
+# The validation core: content first (no files needed), then what needs this host's files.
+
+MANIFEST_MAPPING = "a mapping of manifest sections"
 
 
-class _LineIndex:
-    """Maps a path of keys/indices in a YAML document to the line it starts on (1-based)."""
-
-    def __init__(self, root: yaml.Node):
-        self.root = root
-
-    def locate(self, loc: tuple[Any, ...]) -> tuple[int, str]:
-        """Line of the deepest node on `loc` that exists, and the dotted field for humans."""
-        node = self.root
-        line = node.start_mark.line + 1
-        shown: list[str] = []
-        for part in loc:
-            if node is not None:
-                child = self._child(node, part)
-                if child is not None:
-                    key_node, node = child
-                    line = (key_node or node).start_mark.line + 1
-                    shown.append(str(part))
-                    continue
-                if self._is_kind_tag(node, part):
-                    continue  # pydantic names the union member; the YAML has no such level
-                node = None  # a missing or unknown key: report at its parent's line
-            shown.append(str(part))
-        return line, ".".join(shown)
-
-    @staticmethod
-    def _child(node: yaml.Node | None, part: Any):
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                if isinstance(key, yaml.ScalarNode) and key.value == str(part):
-                    return key, value
-        if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
-            return None, node.value[part]
-        return None
-
-    @staticmethod
-    def _is_kind_tag(node: yaml.Node | None, part: Any) -> bool:
-        if not isinstance(node, yaml.MappingNode):
-            return False
-        for key, value in node.value:
-            if isinstance(key, yaml.ScalarNode) and key.value == "kind":
-                return isinstance(value, yaml.ScalarNode) and value.value == str(part)
-        # A missing `kind` defaults (decoding: greedy); pydantic still names the member.
-        return isinstance(part, str) and part in DECODINGS.discover()
+def _parse_manifest_yaml(path: Path, text: str) -> tuple[Any, LineIndex | None, list[Problem]]:
+    # A decoding block without `kind` is greedy, yet pydantic still names the member in locations.
+    return parse_yaml(path, text, MANIFEST_MAPPING, frozenset(DECODINGS.discover()))
 
 
-def _duplicate_keys(node: yaml.Node, path: tuple[str, ...] = ()) -> list[tuple[int, str, str]]:
-    """(line, dotted path, key) for every key that appears twice in one mapping."""
-    found: list[tuple[int, str, str]] = []
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key, value in node.value:
-            name = str(key.value)
-            if name in seen:
-                found.append((key.start_mark.line + 1, ".".join(path + (name,)), name))
-            seen.add(name)
-            found += _duplicate_keys(value, path + (name,))
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            found += _duplicate_keys(item, path + (str(index),))
-    return found
+def _is_union_tag(data: Any, part: Any) -> bool:
+    """Whether `part` is the union member pydantic names (method.lora.r) rather than a data key."""
+    if not isinstance(data, dict) or part in data:
+        return False
+    return data.get("kind") == part or ("kind" not in data and part in DECODINGS.discover())
 
 
-def _parse_yaml(path: Path, text: str) -> tuple[Any, _LineIndex | None, list[Problem]]:
-    shown = str(path)
+def _data_path(data: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A pydantic error location as a path in the data: union member tags are dropped."""
+    path: list[Any] = []
+    for part in loc:
+        if _is_union_tag(data, part):
+            continue
+        path.append(part)
+        if isinstance(data, dict):
+            data = data.get(part)
+        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+            data = data[part]
+        else:
+            data = None
+    return tuple(path)
+
+
+def content_problems(data: dict[str, Any]) -> tuple[Manifest | None, list[tuple[tuple[Any, ...], str]]]:
+    """The manifest (when its content is valid) and every schema or cross-section problem as (path, message).
+
+    Needs no file: grids and a cluster's manifests are checked on hosts that need not hold the data.
+    """
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        line = mark.line + 1 if mark is not None else 1
-        reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        return None, None, [Problem(f"invalid YAML: {reason}", shown, line)]
-    if root is None or data is None:
-        return None, None, [Problem("file is empty; expected a manifest mapping (name, model, data, method, ...)", shown, 1)]
-    if not isinstance(data, dict):
-        kind = "a list" if isinstance(data, list) else f"a {type(data).__name__}"
-        return None, None, [Problem(f"expected a mapping of manifest sections at the top level, got {kind}", shown, root.start_mark.line + 1)]
-    problems = [
-        Problem(f"duplicate key {key!r} (the later value would silently win)", shown, line, dotted)
-        for line, dotted, key in _duplicate_keys(root)
-    ]
-    return data, _LineIndex(root), problems
-
-
-def _pydantic_problems(path: Path, error: ValidationError, index: _LineIndex) -> list[Problem]:
-    problems = []
-    for item in error.errors(include_url=False):
-        line, field = index.locate(tuple(item["loc"]))
-        message = item["msg"]
-        if item["type"] == "extra_forbidden":
-            message = "unknown key (check the spelling; `python -m runner schema` lists every field)"
-        elif message.startswith("Value error, "):
-            message = message[len("Value error, "):]
-        problems.append(Problem(message, str(path), line, field or None))
-    return problems
+        manifest = Manifest.model_validate(data)
+    except ValidationError as exc:
+        found = []
+        for item in exc.errors(include_url=False):
+            message = item["msg"].removeprefix("Value error, ")
+            if item["type"] == "extra_forbidden":
+                message = "unknown key (check the spelling; `python -m runner schema` lists every field)"
+            found.append((_data_path(data, tuple(item["loc"])), message))
+        return None, found
+    found = [(tuple(loc), message) for loc, message in METHODS.get(manifest.method.kind).cross_checks(manifest)]
+    return (None if found else manifest), found
 
 
 def unfetched_data(loaded: LoadedManifest) -> list[Path]:
-    """Official UnifiedQA files the run reads that are not on disk yet (`runner data fetch` gets them).
+    """Files the run reads that `runner data fetch` can still download (official UnifiedQA files).
 
     Validation accepts these, so manifests can be checked before a large download; the run
     itself stops with exit 2 naming the missing files."""
-    from runner.data.example import OFFICIAL_DATASET_FORMATS
-
-    official = {d for d in loaded.manifest.data.datasets if d in OFFICIAL_DATASET_FORMATS}
-    return [f for f in loaded.data_files() if f.parent.name in official and not f.is_file()]
+    reader = READERS.get(loaded.manifest.data.format)
+    return [f for f in loaded.data_files() if reader.fetchable(f.parent.name) and not f.is_file()]
 
 
 def fetch_command(files: list[Path]) -> str:
@@ -368,71 +363,102 @@ def fetch_command(files: list[Path]) -> str:
     return f"python -m runner data fetch {datasets} --to {root}"
 
 
-def _data_problems(loaded: LoadedManifest, index: _LineIndex, shown: str) -> list[Problem]:
-    """Checks that need the file system: the data root and every split file exist (fetchable
-    official files excepted, see `unfetched_data`)."""
-    from runner.data import DATASET_FORMATS
-
-    problems = []
+def _data_problems(loaded: LoadedManifest, index: LineIndex, shown: str) -> list[Problem]:
+    """The data root and every split file exist (fetchable official files excepted, see `unfetched_data`)."""
     data = loaded.manifest.data
-    root = loaded.resolve(data.root)
+    reader = READERS.get(data.format)
     pending = set(unfetched_data(loaded))
-    if not root.is_dir() and not pending:
+    if not loaded.data_root.is_dir() and not pending:
         line, field = index.locate(("data", "root"))
-        return [Problem(f"data folder {root} does not exist", shown, line, field)]
+        return [Problem(f"data folder {loaded.data_root} does not exist", shown, line, field)]
+    problems = []
+    reads = set(loaded.data_files())
     for position, dataset in enumerate(data.datasets):
         line, field = index.locate(("data", "datasets", position))
-        if dataset not in DATASET_FORMATS:
-            problems.append(Problem(f"unknown dataset {dataset!r}; known: {', '.join(sorted(DATASET_FORMATS))}", shown, line, field))
+        problem = reader.dataset_problem(dataset)
+        if problem:
+            problems.append(Problem(problem, shown, line, field))
             continue
         for split in (data.train_split, data.eval_split):
             file = loaded.data_file(dataset, split)
-            if file not in loaded.data_files():
-                continue
-            if not file.is_file() and file not in pending:
+            if file in reads and not file.is_file() and file not in pending:
                 problems.append(Problem(f"missing data file {file}", shown, line, field))
     return problems
 
 
-def _model_problems(loaded: LoadedManifest, index: _LineIndex, shown: str) -> list[Problem]:
-    model = loaded.manifest.model
-    if model.path is None:
-        return []
-    folder = loaded.resolve(model.path)
-    if (folder / "config.json").is_file():
-        return []
-    line, field = index.locate(("model", "path"))
-    return [Problem(f"{folder} is not a saved model folder (no config.json)", shown, line, field)]
+def _folder_problem(loaded: LoadedManifest, relative: str, marker: tuple[str, ...], what: str) -> str | None:
+    folder = loaded.resolve(relative)
+    if any((folder / name).is_file() for name in marker):
+        return None
+    return f"{folder} is not {what} (no {' or '.join(marker)})"
 
 
-def check_manifest(path: Path) -> tuple[LoadedManifest | None, list[Problem]]:
-    """Validate one manifest file; return it (when valid) and every problem found."""
+def _model_problems(loaded: LoadedManifest, index: LineIndex, shown: str, seen: frozenset[Path]) -> list[Problem]:
+    """Model folders exist; a draft's saved adapter exists; a draft manifest is itself valid (no cycles)."""
+    problems = []
+    manifest = loaded.manifest
+    if manifest.model.path is not None:
+        problem = _folder_problem(loaded, manifest.model.path, ("config.json",), "a saved model folder")
+        if problem:
+            problems.append(Problem(problem, shown, *index.locate(("model", "path"))))
+    draft = DECODINGS.get(manifest.decoding.kind).draft(manifest.decoding)
+    if draft is None:
+        return problems
+    where = ("decoding", "draft")
+    if draft.path is not None:
+        problem = _folder_problem(loaded, draft.path, ("config.json",), "a saved model folder")
+        if problem:
+            problems.append(Problem(problem, shown, *index.locate(where + ("path",))))
+    if draft.adapter is not None:
+        problem = _folder_problem(loaded, draft.adapter, ("adapter_config.json", "config.json"), "a saved adapter or model folder")
+        if problem:
+            problems.append(Problem(problem, shown, *index.locate(where + ("adapter",))))
+    if draft.manifest is not None:
+        line, field = index.locate(where + ("manifest",))
+        target = loaded.resolve(draft.manifest)
+        if target in seen:
+            problems.append(Problem(f"{target} drafts with itself, directly or through other manifests", shown, line, field))
+        elif not target.is_file():
+            problems.append(Problem(f"{target}: no such manifest", shown, line, field))
+        else:
+            referenced, found = _check(target, True, seen)
+            if found:
+                problems.append(Problem(f"the draft's manifest is invalid: {found[0]}" + (f" (and {len(found) - 1} more)" if len(found) > 1 else ""), shown, line, field))
+    return problems
+
+
+def _check(path: Path, check_files: bool, seen: frozenset[Path]) -> tuple[LoadedManifest | None, list[Problem]]:
     shown = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
-        return None, [Problem("file is not UTF-8 text", shown, line)]
-    except OSError as exc:
-        return None, [Problem(f"cannot read: {exc.strerror}", shown)]
-    data, index, problems = _parse_yaml(path, text)
+    text, problems = read_text(path)
+    if text is None:
+        return None, problems
+    data, index, problems = _parse_manifest_yaml(path, text)
     if index is None:
         return None, problems
-    try:
-        manifest = Manifest.model_validate(data)
-    except ValidationError as exc:
-        return None, problems + _pydantic_problems(path, exc, index)
-    loaded = LoadedManifest(manifest=manifest, path=path.resolve())
-    for loc, message in METHODS.get(manifest.method.kind).cross_checks(manifest):
+    manifest, found = content_problems(data)
+    for loc, message in found:
         line, field = index.locate(loc)
-        problems.append(Problem(message, shown, line, field))
-    problems += _model_problems(loaded, index, shown) + _data_problems(loaded, index, shown)
+        problems.append(Problem(message, shown, line, field or None))
+    if manifest is None:
+        return None, problems
+    loaded = LoadedManifest(manifest=manifest, path=path.resolve())
+    if check_files:
+        problems += _model_problems(loaded, index, shown, seen | {loaded.path}) + _data_problems(loaded, index, shown)
     return (None if problems else loaded), problems
 
 
-def load_manifest(path: Path) -> LoadedManifest:
+def check_manifest(path: Path, check_files: bool = True) -> tuple[LoadedManifest | None, list[Problem]]:
+    """Validate one manifest file; return it (when valid) and every problem found, each at its line.
+
+    `check_files=False` checks the content only (no data files, model folders or referenced
+    manifests), for manifests that will run on another host.
+    """
+    return _check(Path(path), check_files, frozenset())
+
+
+def load_manifest(path: Path, check_files: bool = True) -> LoadedManifest:
     """Load and validate a manifest, raising ManifestError with every problem."""
-    loaded, problems = check_manifest(Path(path))
+    loaded, problems = check_manifest(Path(path), check_files)
     if problems or loaded is None:
         raise ManifestError(problems)
     return loaded
@@ -449,28 +475,9 @@ def manifest_files(paths: list[Path]) -> list[Path]:
     return found
 
 
-# ---------------------------------------------------------------------------------------------
-# Identity of a run.
-
-
 def resolved_dict(manifest: Manifest) -> dict[str, Any]:
     """The manifest with every default filled in, as plain data."""
     return manifest.model_dump(mode="json")
-
-
-def run_digest(loaded: LoadedManifest, data_hash: str) -> str:
-    """12 hex digits identifying the run: the resolved manifest (minus output, description and
-    metrics, which change nothing the run produces) and the data bytes.
-
-    Paths enter as written, relative to the manifest, so the same checkout gives the same digest
-    on any host; the data hash catches a changed file behind an unchanged path.
-    """
-    content = resolved_dict(loaded.manifest)
-    content.pop("output")
-    content.pop("description")
-    content["eval"].pop("metrics")
-    payload = json.dumps({"manifest": content, "data": data_hash}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
 def json_schema() -> dict[str, Any]:

@@ -53,3 +53,25 @@ class ModelSpec(Spec):
         if self.revision is not None and self.hub is None:
             raise ValueError("revision applies only to a hub model")
         return self
+
+
+class DraftSpec(ModelSpec):
+    """A speculative draft: a pretrained model (`hub`, `path` or `package`, optionally with a saved
+    `adapter`), or the trained model of another manifest (`manifest`)."""
+
+    manifest: str | None = None
+    """Another manifest, relative to this one: the draft is its model with its method's trained
+    weights. Its training is a stage like any other: planned, reused, trained once."""
+    adapter: str | None = None
+    """A saved peft adapter folder (relative to this manifest) applied to the draft's base model."""
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> DraftSpec:
+        given = [name for name in ("hub", "path", "package", "manifest") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"set exactly one of hub, path, package, manifest (got {', '.join(given) or 'none'})")
+        if self.revision is not None and self.hub is None:
+            raise ValueError("revision applies only to a hub model")
+        if self.adapter is not None and self.manifest is not None:
+            raise ValueError("adapter applies to a hub, path or package draft; a manifest's draft brings its own training")
+        return self

@@ -6,12 +6,14 @@ Import is cheap (torch and transformers load inside the functions) because valid
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
+import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -57,8 +59,7 @@ class LoadedModel:
 
     model: Any
     tokenizer: Any
-    identity: dict[str, str]
-    """Provenance: source plus revision or file hash."""
+    identity: ModelIdentity
     device: str
     context_length: int
 
@@ -117,17 +118,6 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     return out_dir
 
 
-def packaged_model_dir(name: str) -> tuple[Path, str]:
-    """Converted folder of a packaged model and the sha256 of its GGUF."""
-    package = PACKAGED_MODELS[name]
-    try:
-        gguf = package.locate()
-    except ModuleNotFoundError:
-        raise UserError(f"model.package {name!r} is not installed: {package.pip_install}") from None
-    sha = file_sha256(gguf)
-    return convert_gguf(gguf, model_cache_dir() / f"{name}-{sha[:12]}"), sha
-
-
 def pick_device() -> str:
     """cuda when a GPU is visible, else cpu."""
     import torch
@@ -146,16 +136,112 @@ def torch_dtype(name: str, device: str):
     return getattr(torch, name)
 
 
-def locate_model(spec: ModelSpec, loaded: LoadedManifest) -> tuple[str, dict[str, Any], dict[str, str]]:
-    """(name or folder for from_pretrained, extra kwargs, provenance identity) for a model block."""
+COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What a model's weights are, independent of where they were read from.
+
+    Hub models are identified by repository and resolved commit, folders and packaged models by
+    the hash of their files: two manifests naming the same weights differently share trainings.
+    """
+
+    source: str
+    """`hub:org/name`, `path:<as written>` or `package:<name>`, for people."""
+    fingerprint: dict[str, str] = field(hash=False)
+    """What enters stage digests: {hub, revision} or {folder_sha256} or {gguf_sha256}."""
+    load_from: str = ""
+    """What `from_pretrained` is given: the hub id, or the folder (packaged models: after conversion)."""
+
+    def as_dict(self) -> dict[str, str]:
+        """Provenance record: source plus fingerprint."""
+        return {"source": self.source, **self.fingerprint}
+
+
+@functools.lru_cache(maxsize=64)
+def _folder_sha256_cached(folder: str, stamp: tuple) -> str:
+    return folder_sha256(Path(folder))
+
+
+def _stamp(folder: Path) -> tuple:
+    """Names, sizes and modification times: a cheap key under which a folder's hash stays valid."""
+    return tuple(sorted((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()))
+
+
+@functools.lru_cache(maxsize=64)
+def _gguf_sha256(name: str) -> tuple[Path, str]:
+    package = PACKAGED_MODELS[name]
+    try:
+        gguf = package.locate()
+    except ModuleNotFoundError:
+        raise UserError(f"model.package {name!r} is not installed: {package.pip_install}") from None
+    return gguf, file_sha256(gguf)
+
+
+def _hub_error(hub_id: str, revision: str | None, exc: Exception) -> Exception:
+    from huggingface_hub import errors
+
+    if isinstance(exc, errors.RevisionNotFoundError):
+        return UserError(f"model revision {revision!r} does not exist in {hub_id} (a branch, tag or 40-hex commit of the repository)")
+    if isinstance(exc, errors.GatedRepoError):
+        return UserError(f"{hub_id} is gated: accept its licence on the hub and set HF_TOKEN to a token of that account")
+    if isinstance(exc, errors.RepositoryNotFoundError):
+        return UserError(f"{hub_id}: no such model on the hub, or it is private and HF_TOKEN is missing")
+    return InfraError(f"cannot resolve the revision of {hub_id} on the hub: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+
+
+@functools.lru_cache(maxsize=64)
+def resolve_revision(hub_id: str, revision: str | None) -> str:
+    """The commit a hub revision (branch, tag, or commit) points at now.
+
+    A 40-hex revision is taken as pinned. Online the hub answers; offline (HF_HUB_OFFLINE) the
+    local cache's refs do, so a model downloaded once resolves to the commit that was downloaded.
+    """
+    if revision is not None and COMMIT.match(revision):
+        return revision
+    from huggingface_hub import HfApi, constants
+
+    wanted = revision or "main"
+    if not constants.HF_HUB_OFFLINE:
+        try:
+            info = HfApi().model_info(hub_id, revision=wanted, token=os.environ.get("HF_TOKEN") or None)
+        except Exception as exc:  # every hub failure becomes a user or an infrastructure error
+            raise _hub_error(hub_id, revision, exc) from None
+        if info.sha:
+            return info.sha
+    ref = Path(constants.HF_HUB_CACHE) / f"models--{hub_id.replace('/', '--')}" / "refs" / wanted
+    if ref.is_file():
+        return ref.read_text().strip()
+    raise InfraError(f"cannot resolve revision {wanted!r} of {hub_id}: the hub is offline (HF_HUB_OFFLINE) and the local cache does not hold it")
+
+
+def identify_model(spec: ModelSpec, base_dir: Path) -> ModelIdentity:
+    """The identity of a model block's weights (hub: resolves the revision; folders: hashes the files)."""
     if spec.package is not None:
-        folder, sha = packaged_model_dir(spec.package)
-        return str(folder), {}, {"source": f"package:{spec.package}", "gguf_sha256": sha}
+        _, sha = _gguf_sha256(spec.package)
+        return ModelIdentity(f"package:{spec.package}", {"gguf_sha256": sha})
     if spec.path is not None:
-        folder = loaded.resolve(spec.path)
-        return str(folder), {}, {"source": f"path:{spec.path}", "folder_sha256": folder_sha256(folder)}
-    kwargs: dict[str, Any] = {"revision": spec.revision, "token": os.environ.get("HF_TOKEN")}
-    return spec.hub, kwargs, {"source": f"hub:{spec.hub}", "revision": spec.revision or "main"}
+        folder = (base_dir / spec.path).resolve()
+        if not (folder / "config.json").is_file():
+            raise UserError(f"model.path: {folder} is not a saved model folder (no config.json)")
+        sha = _folder_sha256_cached(str(folder), _stamp(folder))
+        return ModelIdentity(f"path:{spec.path}", {"folder_sha256": sha}, str(folder))
+    commit = resolve_revision(spec.hub, spec.revision)
+    return ModelIdentity(f"hub:{spec.hub}", {"hub": spec.hub, "revision": commit}, spec.hub)
+
+
+def locate_model(spec: ModelSpec, base_dir: Path) -> tuple[str, dict[str, Any], ModelIdentity]:
+    """(name or folder for from_pretrained, extra kwargs, identity) for a model block."""
+    identity = identify_model(spec, base_dir)
+    if spec.package is not None:
+        gguf, sha = _gguf_sha256(spec.package)
+        folder = convert_gguf(gguf, model_cache_dir() / f"{spec.package}-{sha[:12]}")
+        return str(folder), {}, identity
+    if spec.path is not None:
+        return identity.load_from, {}, identity
+    # The resolved commit, not the branch: the weights loaded are the ones the identity names.
+    return spec.hub, {"revision": identity.fingerprint["revision"], "token": os.environ.get("HF_TOKEN")}, identity
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, **kwargs: Any):
@@ -169,21 +255,13 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, **kwargs:
     return tokenizer
 
 
-def load_model(loaded: LoadedManifest) -> LoadedModel:
-    """Load the manifest's model (with what its method needs at load time) and tokenizer."""
-    from runner.methods import METHODS
-
-    method = loaded.manifest.method
-    return load_pretrained(loaded.manifest.model, loaded, lambda device: METHODS.get(method.kind).load_kwargs(method, device))
-
-
-def load_pretrained(spec: ModelSpec, loaded: LoadedManifest, extra_kwargs: Callable[[str], dict[str, Any]] = lambda device: {}) -> LoadedModel:
-    """Load one model block and its tokenizer onto the best device."""
+def load_pretrained(spec: ModelSpec, base_dir: Path, extra_kwargs: dict[str, Any] | Callable[[str], dict[str, Any]] = dict) -> LoadedModel:
+    """Load one model block and its tokenizer onto the best device; `extra_kwargs(device)` adds load arguments."""
     from transformers import AutoModelForCausalLM
 
-    name, kwargs, identity = locate_model(spec, loaded)
+    name, kwargs, identity = locate_model(spec, base_dir)
     device = pick_device()
-    method_kwargs = extra_kwargs(device)
+    method_kwargs = extra_kwargs(device) if callable(extra_kwargs) else dict(extra_kwargs)
     if "quantization_config" in method_kwargs:
         # Quantized weights are placed while loading; they cannot be moved afterwards.
         method_kwargs = {"device_map": {"": device}, **method_kwargs}
@@ -204,3 +282,26 @@ def load_pretrained(spec: ModelSpec, loaded: LoadedManifest, extra_kwargs: Calla
         model.to(device)
     context = getattr(model.config, "max_position_embeddings", None) or 2048
     return LoadedModel(model=model, tokenizer=tokenizer, identity=identity, device=device, context_length=int(context))
+
+
+def load_model_tokenizer(spec: ModelSpec, base_dir: Path):
+    """Only the tokenizer of a model block (cheap: no weights), e.g. to compare a draft's vocabulary."""
+    name, kwargs, _ = locate_model(spec, base_dir)
+    try:
+        return load_tokenizer(name, spec.trust_remote_code, **kwargs)
+    except OSError as exc:
+        raise UserError(f"cannot load the tokenizer of {name}: {str(exc).splitlines()[0]}") from None
+
+
+def load_model(loaded: LoadedManifest) -> LoadedModel:
+    """Load a manifest's model (with what its method needs at load time: QLoRA's quantization) and tokenizer."""
+    from runner.methods import METHODS
+
+    method = loaded.manifest.method
+    return load_pretrained(loaded.manifest.model, loaded.base_dir, lambda device: METHODS.get(method.kind).load_kwargs(method, device))
+
+
+def packaged_model_dir(name: str) -> tuple[Path, str]:
+    """Converted folder of a packaged model and the sha256 of its GGUF."""
+    gguf, sha = _gguf_sha256(name)
+    return convert_gguf(gguf, model_cache_dir() / f"{name}-{sha[:12]}"), sha

@@ -1,4 +1,4 @@
-"""The only place artifact keys are built: `<name>/<digest>/{manifest.yaml, ..., _SUCCESS}`."""
+"""The only place artifact keys are built: `trainings/<digest>/...` per training, `<name>/<digest>/...` per evaluation."""
 
 from __future__ import annotations
 
@@ -37,9 +37,74 @@ def check_key(key: str, allow_empty: bool = False) -> str:
     return key
 
 
+# Artifact names. Readers (analysis, plan, score) take them from here, never spell them out.
+TRAININGS = "trainings"
+"""Top-level folder of training stages; reserved, so no manifest may be named after it."""
+MANIFEST_FILE = "manifest.yaml"
+TRAINING_FILE = "training.yaml"
+PROVENANCE_FILE = "provenance.json"
+TRAIN_LOG_FILE = "train_log.jsonl"
+METRICS_FILE = "metrics.json"
+SUCCESS_FILE = "_SUCCESS"
+PREDICTIONS_DIR = "predictions"
+CHECKSUMS_FILE = "_CHECKSUMS.json"
+ADAPTER_DIR = "adapter"
+CHECKPOINTS_DIR = "checkpoints"
+LEASE_DIR = "lease"
+
+
+@dataclass(frozen=True)
+class TrainingKeys:
+    """Keys of one training stage's artifacts: `trainings/<digest>/...`, shared by every evaluation that uses it."""
+
+    digest: str
+
+    @property
+    def prefix(self) -> str:
+        return f"{TRAININGS}/{self.digest}"
+
+    def _key(self, *parts: str) -> str:
+        return "/".join((self.prefix, *parts))
+
+    @property
+    def spec(self) -> str:
+        """What the training was asked to do (model, method, train settings, data), as YAML."""
+        return self._key(TRAINING_FILE)
+
+    @property
+    def provenance(self) -> str:
+        return self._key(PROVENANCE_FILE)
+
+    @property
+    def train_log(self) -> str:
+        return self._key(TRAIN_LOG_FILE)
+
+    @property
+    def adapter(self) -> str:
+        """Folder with the trained weights (a peft adapter, or the full model)."""
+        return self._key(ADAPTER_DIR)
+
+    @property
+    def checkpoints(self) -> str:
+        return self._key(CHECKPOINTS_DIR)
+
+    @property
+    def lease(self) -> str:
+        """Folder of lease generations: who may train this stage now (runner/lease.py)."""
+        return self._key(LEASE_DIR)
+
+    def lease_generation(self, generation: int) -> str:
+        return self._key(LEASE_DIR, f"{generation:08d}.json")
+
+    @property
+    def success(self) -> str:
+        """Written last, after the adapter: the training is finished and never redone."""
+        return self._key(SUCCESS_FILE)
+
+
 @dataclass(frozen=True)
 class RunKeys:
-    """Keys of one run's artifacts, relative to the storage root."""
+    """Keys of one evaluation's artifacts (a "run" in reports): `<name>/<digest>/...`."""
 
     name: str
     digest: str
@@ -53,45 +118,32 @@ class RunKeys:
 
     @property
     def manifest(self) -> str:
-        return self._key("manifest.yaml")
+        return self._key(MANIFEST_FILE)
 
     @property
     def provenance(self) -> str:
-        return self._key("provenance.json")
-
-    @property
-    def train_log(self) -> str:
-        return self._key("train_log.jsonl")
-
-    @property
-    def adapter(self) -> str:
-        """Folder with the trained weights (a peft adapter, or the full model)."""
-        return self._key("adapter")
-
-    @property
-    def checkpoints(self) -> str:
-        return self._key("checkpoints")
+        return self._key(PROVENANCE_FILE)
 
     @property
     def predictions(self) -> str:
-        return self._key("predictions")
+        return self._key(PREDICTIONS_DIR)
 
     def shard(self, index: int) -> str:
-        return self._key("predictions", f"shard-{index:05d}.parquet")
+        return self._key(PREDICTIONS_DIR, f"shard-{index:05d}.parquet")
 
     @property
     def checksums(self) -> str:
         """sha256 of every shard, written with the metrics: readers verify what they load."""
-        return self._key("predictions", "_CHECKSUMS.json")
+        return self._key(PREDICTIONS_DIR, CHECKSUMS_FILE)
 
     @property
     def metrics(self) -> str:
-        return self._key("metrics.json")
+        return self._key(METRICS_FILE)
 
     @property
     def success(self) -> str:
         """Written last: its presence means every other artifact is complete."""
-        return self._key("_SUCCESS")
+        return self._key(SUCCESS_FILE)
 
 
 def shard_index(filename: str) -> int | None:
@@ -103,6 +155,6 @@ def shard_index(filename: str) -> int | None:
 def parse_run_prefix(key: str) -> RunKeys | None:
     """The run a `<name>/<digest>/_SUCCESS` key belongs to, or None."""
     parts = key.strip("/").split("/")
-    if len(parts) >= 3 and parts[-1] == "_SUCCESS":
+    if len(parts) >= 3 and parts[-1] == SUCCESS_FILE and parts[-3] != TRAININGS:
         return RunKeys(parts[-3], parts[-2])
     return None

@@ -40,6 +40,7 @@ from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, NoC
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from s3transfer.exceptions import RetriesExceededError, S3DownloadFailedError, S3UploadFailedError
 
+from runner.atomic import replacing
 from runner.errors import StorageError, UserError
 from runner.paths import check_key
 from runner.storage import LocalStore
@@ -397,23 +398,17 @@ class S3Store:
     def _download(self, key: str, target: Path) -> None:
         """Fetch one object to `target` through the transfer manager (ranged GETs for large ones), verified."""
         name = self._object(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        os.close(fd)
-        try:
+        with replacing(target) as tmp:
             for attempt in range(3):
                 with self._errors("downloading", key):
                     head = self._client.head_object(Bucket=self.bucket, Key=name)
-                    self._client.download_file(self.bucket, name, tmp, Config=self._transfer)
+                    self._client.download_file(self.bucket, name, str(tmp), Config=self._transfer)
                     # The checksum belongs to the version we HEADed; another writer may have
                     # replaced the object since. An unchanged ETag means the bytes are that version.
                     replaced = self._client.head_object(Bucket=self.bucket, Key=name)["ETag"] != head["ETag"]
                 if not replaced or attempt == 2:
                     break
-            self._verify(key, head.get("Metadata", {}), file_sha256(Path(tmp)))
-            os.replace(tmp, target)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+            self._verify(key, head.get("Metadata", {}), file_sha256(tmp))
 
     # ---- uploads that did not finish -----------------------------------------------------------
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
 
+from runner.atomic import copy_atomic, temporary_sibling, write_atomic
 from runner.errors import StorageError, UserError
 from runner.paths import check_key
 
@@ -74,18 +75,6 @@ class Store(Protocol):
         ...
 
 
-def _atomic_copy(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class LocalStore:
     """A folder on the local file system."""
 
@@ -120,23 +109,15 @@ class LocalStore:
     def _write(self, key: str, data: bytes, replace: bool) -> bool:
         path = self._path(key)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                if replace:
-                    os.replace(tmp, path)
-                    return True
+            if replace:
+                write_atomic(path, data)
+                return True
+            with temporary_sibling(path, data) as tmp:
                 try:
                     os.link(tmp, path)  # link() refuses an existing name: create-if-absent, atomically
                     return True
                 except FileExistsError:
                     return False
-            finally:
-                Path(tmp).unlink(missing_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot write {path}: {exc.strerror}") from None
 
@@ -189,7 +170,7 @@ class LocalStore:
         for key in keys:
             relative = key[len(prefix) + 1 :] if prefix else key
             try:
-                _atomic_copy(self._path(key), Path(dest) / relative)
+                copy_atomic(self._path(key), Path(dest) / relative)
             except OSError as exc:
                 raise StorageError(f"cannot copy {self._path(key)} to {Path(dest) / relative}: {exc.strerror}") from None
         return keys

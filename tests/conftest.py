@@ -28,7 +28,8 @@ def small_data(tmp_path_factory) -> Path:
     return root
 
 
-def _corpus(root: Path) -> list[str]:
+def tiny_corpus(root: Path) -> list[str]:
+    """Every line of the data files under `root`, with literal \\n turned into newlines: text to train a tiny tokenizer on."""
     return [line.replace("\\n", "\n") for file in sorted(root.rglob("*.tsv")) for line in file.read_text().splitlines()]
 
 
@@ -38,7 +39,7 @@ def tiny_models(tmp_path_factory, small_data) -> dict[str, Path]:
     from tiny_models import save_tiny_model
 
     root = tmp_path_factory.mktemp("models")
-    corpus = _corpus(small_data)
+    corpus = tiny_corpus(small_data)
     return {family: save_tiny_model(root / family, family, corpus) for family in ("llama", "gemma", "mistral")}
 
 
@@ -76,3 +77,12 @@ def seaweed(tmp_path_factory):
 
     with running_seaweed(tmp_path_factory.mktemp("seaweed")) as server:
         yield server
+
+
+def stage_folders(manifest: Path, storage: Path) -> tuple[Path, Path | None]:
+    """(evaluation folder, training folder or None) a manifest's run uses in a local storage folder."""
+    from runner.context import build_context
+    from runner.manifest import load_manifest
+
+    context = build_context(load_manifest(manifest), str(storage))
+    return storage / context.keys.prefix, (storage / context.training.keys.prefix if context.training else None)

@@ -12,7 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from analysis.cli import main as analysis_main
 from analysis.report import analyse
-from analysis.synthetic import SyntheticRun, eval_examples, write_run
+from bench.synthetic_runs import SyntheticRun, eval_examples, write_run
+from runner.paths import TrainingKeys
 
 EXAMPLES = eval_examples(6)
 
@@ -75,6 +76,27 @@ def test_truncated_parquet_shard_skips_its_run_and_names_the_file(tmp_path, caps
     for text in (err, markdown, page):
         assert str(shard) in text and "not a readable Parquet file (truncated or corrupt)" in text
     _only_good_reported(tmp_path / "out")
+
+
+def test_a_finished_training_stage_beside_a_run_is_neither_reported_nor_skipped(tmp_path, capsys):
+    storage = tmp_path / "runs"
+    write_run(storage, SyntheticRun("good", accuracy=0.6), EXAMPLES)
+    # trainings/<digest>/ has the <name>/<digest>/_SUCCESS shape of a run folder, but no manifest
+    # or predictions: read as a run it would be skipped as broken.
+    training = TrainingKeys("0123456789ab")
+    for key, data in (
+        (training.spec, b"method: {kind: lora}\n"),
+        (f"{training.adapter}/adapter_config.json", b"{}"),
+        (f"{training.adapter}/adapter_model.safetensors", bytes(16)),
+        (training.success, b"{}"),
+    ):
+        (storage / key).parent.mkdir(parents=True, exist_ok=True)
+        (storage / key).write_bytes(data)
+    err, markdown, _ = _report(storage, tmp_path / "out", capsys)
+    _only_good_reported(tmp_path / "out")
+    assert "skipped" not in err and training.prefix not in markdown
+    analysis = analyse(str(storage), ["exact_match"], jobs=1, show_progress=False)
+    assert [run.name for run in analysis.loaded.runs] == ["good"] and analysis.skipped == ()
 
 
 def test_run_folder_without_success_is_listed_as_skipped(tmp_path, capsys):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from analysis.report import write_report
-from analysis.synthetic import write_sample
+from bench.synthetic_runs import write_sample
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -17,7 +17,7 @@ import pytest
 
 from analysis.cli import main as analysis_main
 from analysis.report import analyse, write_report
-from analysis.synthetic import SyntheticRun, eval_examples, write_run, write_sample
+from bench.synthetic_runs import SyntheticRun, eval_examples, write_run, write_sample
 from runner.score import compute_metrics, score_rows
 
 GOLDEN = Path(__file__).parent / "golden" / "results.csv"

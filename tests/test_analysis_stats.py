@@ -11,7 +11,7 @@ import pytest
 from analysis.cli import main as analysis_main
 from analysis.compare import compare
 from analysis.stats import bootstrap_mean, generator, mcnemar, paired_bootstrap, resample_means
-from analysis.synthetic import SyntheticRun, eval_examples, write_run
+from bench.synthetic_runs import SyntheticRun, eval_examples, write_run
 
 
 def test_bootstrap_ci_contains_the_mean():

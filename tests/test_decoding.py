@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import _corpus
+from conftest import tiny_corpus
 from runner.cli import main
 from runner.manifest import load_manifest
 from runner.run import plan
@@ -26,7 +26,7 @@ def _answers(manifest: Path, storage: Path) -> dict[str, tuple[str, int]]:
 def drafts(tmp_path_factory, small_data):
     """Tiny draft models: same tokenizer as the targets (same corpus), other random weights."""
     root = tmp_path_factory.mktemp("drafts")
-    return {family: save_tiny_model(root / family, family, _corpus(small_data), seed=7) for family in FAMILIES}
+    return {family: save_tiny_model(root / family, family, tiny_corpus(small_data), seed=7) for family in FAMILIES}
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -15,7 +15,7 @@ from analysis.cli import main as analysis_main
 from runner.cli import main
 from runner.manifest import load_manifest
 from runner.paths import RunKeys
-from runner.run import plan
+from conftest import stage_folders
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -23,8 +23,7 @@ LORA = {"kind": "lora", "r": 4, "alpha": 8, "target_modules": "attention"}
 
 
 def _run_folder(manifest: Path, storage: Path) -> Path:
-    _, keys, _ = plan(load_manifest(manifest), str(storage))
-    return storage / keys.prefix
+    return stage_folders(manifest, storage)[0]
 
 
 def _mtimes(folder: Path) -> dict[str, int]:
@@ -35,12 +34,14 @@ def test_lora_manifest_runs_end_to_end_and_rerun_is_a_no_op(tiny_manifest, tmp_p
     manifest = tiny_manifest("e2e-lora", method=LORA)
     storage = tmp_path / "runs"
     assert main(["run", str(manifest), "--storage", str(storage)]) == 0
-    run = _run_folder(manifest, storage)
+    run, training = stage_folders(manifest, storage)
 
-    for name in ("manifest.yaml", "provenance.json", "train_log.jsonl", "metrics.json", "_SUCCESS"):
+    for name in ("manifest.yaml", "provenance.json", "metrics.json", "_SUCCESS"):
         assert (run / name).is_file(), name
-    assert (run / "adapter" / "adapter_config.json").is_file()
-    assert any((run / "checkpoints").glob("checkpoint-*"))
+    for name in ("training.yaml", "provenance.json", "train_log.jsonl", "_SUCCESS"):
+        assert (training / name).is_file(), name
+    assert (training / "adapter" / "adapter_config.json").is_file()
+    assert any((training / "checkpoints").glob("checkpoint-*"))
     shards = sorted((run / "predictions").glob("shard-*.parquet"))
     assert [s.name for s in shards] == [f"shard-{i:05d}.parquet" for i in range(5)]  # 24 examples / 5 per shard
 
@@ -100,18 +101,18 @@ def test_interrupted_run_resumes_from_its_last_complete_shard(tiny_manifest, tmp
     manifest = tiny_manifest("resume", method=LORA)
     storage = tmp_path / "runs"
     assert main(["run", str(manifest), "--storage", str(storage)]) == 0
-    run = _run_folder(manifest, storage)
+    run, training = stage_folders(manifest, storage)
     expected = (run / "metrics.json").read_text()
     # Simulate a run killed while generating shard 3: later shards, metrics and _SUCCESS never written.
     for name in ("predictions/shard-00003.parquet", "predictions/shard-00004.parquet", "metrics.json", "_SUCCESS"):
         (run / name).unlink()
     kept = {p: p.stat().st_mtime_ns for p in (run / "predictions").glob("*.parquet")}
-    adapter = (run / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
+    adapter = (training / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
 
     assert main(["run", str(manifest), "--storage", str(storage)]) == 0
     assert (run / "_SUCCESS").is_file()
     assert all(p.stat().st_mtime_ns == t for p, t in kept.items()), "complete shards are not regenerated"
-    assert (run / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == adapter, "training is not redone"
+    assert (training / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == adapter, "training is not redone"
     resumed = json.loads((run / "metrics.json").read_text())
     original = json.loads(expected)
     assert resumed["overall"] == original["overall"], "resumed predictions equal uninterrupted ones (greedy)"

@@ -405,6 +405,11 @@ def test_every_registered_method_has_a_valid_example_manifest():
         assert path.read_text().startswith("# "), "the first line says what the example shows"
 
 
+def test_only_prompt_tuning_keeps_generation_from_splitting_its_prompts():
+    splits = {kind for kind, method in METHODS.discover().items() if method.shares_prompt_prefix}
+    assert set(METHODS.discover()) - splits == {"prompt_tuning"}
+
+
 def _line_of(text: str, section: str, key: str) -> int:
     """1-based line of `key:` inside the top-level `section:` block of a YAML text."""
     lines = text.splitlines()
@@ -433,6 +438,15 @@ BAD_METHODS = {
     ),
     "qlora-8bit-with-fp4": ({"kind": "qlora", "bits": 8, "quant_type": "fp4"}, {}, "quant_type", "applies only to bits: 4"),
 }
+# Every method that targets modules declares the field once (runner/methods/__init__.py), so each
+# refuses an adapter on the output head and an empty list the same way, at the field's line.
+for _kind in ("lora", "qlora", "adalora", "ia3"):
+    BAD_METHODS[f"{_kind}-adapter-on-lm-head"] = (
+        {"kind": _kind, "target_modules": ["q_proj", "lm_head"]}, {}, "target_modules", "lm_head cannot carry an adapter"
+    )
+    BAD_METHODS[f"{_kind}-empty-target-modules"] = (
+        {"kind": _kind, "target_modules": []}, {}, "target_modules", "list at least one module name"
+    )
 
 
 @pytest.mark.parametrize("case", sorted(BAD_METHODS))

@@ -101,12 +101,12 @@ def test_greedy_answers_do_not_depend_on_batch_size_in_float32(llama_queries):
 
 
 def test_token_count_ends_at_the_stop_string_even_when_generation_ran_past_it(tokenizer):
-    from runner.generate import _tokens_through_stop
+    from runner.generate import tokens_through_stop
 
     ran_past = tokenizer("paris\nQuestion: who", add_special_tokens=False)["input_ids"]
-    needed = _tokens_through_stop(tokenizer, ran_past, ["\n"])
+    needed = tokens_through_stop(tokenizer, ran_past, ["\n"])
     assert "\n" in tokenizer.decode(ran_past[:needed]) and "\n" not in tokenizer.decode(ran_past[: needed - 1])
-    assert _tokens_through_stop(tokenizer, ran_past, ["zzz"]) == len(ran_past)
+    assert tokens_through_stop(tokenizer, ran_past, ["zzz"]) == len(ran_past)
 
 
 def test_per_dataset_shots_come_from_the_querys_dataset(small_data):

@@ -10,7 +10,15 @@ from runner.data.example import (
 )
 from runner.data.fetch import UNIFIEDQA_URL, fetch
 from runner.data.synthetic import write_synthetic
-from runner.data.unifiedqa import data_hash, load_split, parse_options, read_tsv, split_path
+from runner.data.unifiedqa import (
+    data_hash,
+    format_options,
+    load_split,
+    parse_options,
+    parse_tsv,
+    read_tsv,
+    split_path,
+)
 
 __all__ = [
     "DATASET_FORMATS",
@@ -22,8 +30,10 @@ __all__ = [
     "data_hash",
     "fetch",
     "format_of",
+    "format_options",
     "load_split",
     "parse_options",
+    "parse_tsv",
     "read_tsv",
     "split_path",
     "write_synthetic",

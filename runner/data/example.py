@@ -1,4 +1,4 @@
-"""The Example record every reader produces, and the dataset → answer-format table."""
+"""The Example record every reader produces, the answer formats, and the dataset → format table."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from runner.errors import DataError, Problem
 
 FORMATS = ("yes_no", "multiple_choice", "extractive", "abstractive")
+"""Every answer format, the one list: decoding budgets, scorers and readers all refer to it."""
 
 # The 11 UnifiedQA datasets this suite uses, as named in the official bucket.
 OFFICIAL_DATASET_FORMATS: dict[str, str] = {
@@ -31,12 +32,13 @@ DATASET_FORMATS: dict[str, str] = {**OFFICIAL_DATASET_FORMATS, **SYNTHETIC_DATAS
 
 @dataclass(frozen=True)
 class Example:
-    """One question with its reference answers, parsed from a UnifiedQA line (or merged lines)."""
+    """One question with its reference answers, as a reader (runner.readers) parsed it."""
 
     id: str
-    """Stable id `<dataset>/<split>/<n>`, n = 0-based index in its file after merging duplicates."""
+    """Stable id: by default `<dataset>/<split>/<n>`, n = 0-based index in its file (TSV: after
+    merging duplicate inputs); a JSONL line may give its own."""
     dataset: str
-    """UnifiedQA dataset name, a key of DATASET_FORMATS."""
+    """Dataset name: a key of DATASET_FORMATS for UnifiedQA TSV data, any safe name for JSONL."""
     split: str
     """Split name: train, dev or test."""
     format: str
@@ -52,7 +54,7 @@ class Example:
     answers: tuple[str, ...]
     """Distinct reference answers (at least one), in order of first appearance."""
     line: int
-    """1-based line number of the first line this example came from."""
+    """1-based line number of the (first) line this example came from."""
 
 
 def format_of(dataset: str) -> str:

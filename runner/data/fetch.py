@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import http.client
-import os
 import re
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from runner.atomic import replacing
 from runner.data.example import OFFICIAL_DATASET_FORMATS, SYNTHETIC_DATASET_FORMATS
 from runner.data.unifiedqa import split_path
 from runner.errors import DataError, InfraError, Problem
@@ -43,11 +42,9 @@ def _check_names(datasets: Sequence[str], splits: Sequence[str]) -> None:
 
 def _download(url: str, dest: Path, timeout: float) -> int:
     """Stream url into dest via a temporary sibling; return the byte count. Nothing partial remains."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     size = 0
-    try:
-        with os.fdopen(fd, "wb") as out:
+    with replacing(dest) as tmp:
+        with open(tmp, "wb") as out:
             try:
                 with urllib.request.urlopen(url, timeout=timeout) as response:
                     expected = response.headers.get("Content-Length")
@@ -67,10 +64,6 @@ def _download(url: str, dest: Path, timeout: float) -> int:
                 raise InfraError(f"cannot reach {url}: {reason}; are you offline?") from None
             if expected is not None and expected.isdigit() and int(expected) != size:
                 raise InfraError(f"download of {url} was cut short: got {size} of {expected} bytes")
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return size
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from collections.abc import Callable, Collection
 from pathlib import Path
 
+from runner.atomic import write_atomic
 from runner.data.example import FORMATS
 from runner.data.unifiedqa import split_path
 from runner.errors import UserError
@@ -355,19 +354,6 @@ def _lines(fmt: str, rng: random.Random, n: int, exclude: Collection[str]) -> tu
     return lines, inputs
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write data to path via a temporary sibling and os.replace, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_synthetic(out_dir: Path, n_train: int = 400, n_dev: int = 60, seed: int = 0) -> list[Path]:
     """Write out_dir/synthetic_<format>/{train,dev}.tsv for every format; same arguments, same bytes."""
     if n_train < 1 or n_dev < 1:
@@ -385,6 +371,6 @@ def write_synthetic(out_dir: Path, n_train: int = 400, n_dev: int = 60, seed: in
             if split == "train":
                 train_inputs = inputs
             path = split_path(Path(out_dir), dataset, split)
-            _write_atomic(path, "".join(lines).encode("utf-8"))
+            write_atomic(path, "".join(lines))
             paths.append(path)
     return paths

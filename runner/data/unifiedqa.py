@@ -44,6 +44,11 @@ def parse_options(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(options)
 
 
+def format_options(options: Sequence[tuple[str, str]]) -> str:
+    """Write ((a, x), (b, y), ...) as UnifiedQA's options part `(A) x (B) y ...`."""
+    return " ".join(f"({letter.upper()}) {text}" for letter, text in options)
+
+
 def _parse_input(text: str, fmt: str) -> tuple[list[str], tuple[tuple[str, str], ...], str, list[str]]:
     """Split one input into (parts, options, context, problems)."""
     parts = [part.strip() for part in text.split(PART_SEPARATOR)]
@@ -82,7 +87,7 @@ def _parse_row(text: str, fmt: str) -> tuple[tuple | None, list[str]]:
     return ("\n".join(parts), parts[0], options, context, target), []
 
 
-def _decode_lines(data: bytes, path: Path, problems: list[Problem]) -> list[tuple[int, str | None]]:
+def decode_lines(data: bytes, path: Path, problems: list[Problem]) -> list[tuple[int, str | None]]:
     """Split file bytes into (line number, text or None if undecodable), dropping trailing blanks."""
     raw_lines = data.split(b"\n")
     if raw_lines and raw_lines[0].startswith(b"\xef\xbb\xbf"):
@@ -105,18 +110,23 @@ def _decode_lines(data: bytes, path: Path, problems: list[Problem]) -> list[tupl
 def read_tsv(path: Path, dataset: str, split: str) -> list[Example]:
     """Read one UnifiedQA TSV file; identical inputs merge into one example with all references."""
     path = Path(path)
-    fmt = format_of(dataset)
+    format_of(dataset)  # an unknown dataset is reported before the file is touched
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         raise DataError([Problem("data file not found", file=str(path))]) from None
     except OSError as exc:
         raise DataError([Problem(f"cannot read data file: {exc.strerror}", file=str(path))]) from None
+    return parse_tsv(data, path, dataset, split)
 
+
+def parse_tsv(data: bytes, path: Path, dataset: str, split: str) -> list[Example]:
+    """Parse the bytes of one UnifiedQA TSV file; `path` only locates problems in messages."""
+    fmt = format_of(dataset)
     problems: list[Problem] = []
     # input text → [line, question, options, context, answers]; dicts keep first-seen order.
     merged: dict[str, list] = {}
-    for number, text in _decode_lines(data, path, problems):
+    for number, text in decode_lines(data, path, problems):
         if text is None:
             continue
         parsed, messages = _parse_row(text, fmt)

@@ -10,11 +10,13 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal
 
 from pydantic import Field, field_validator
 
+from runner.data.example import FORMATS
 from runner.registry import Registry
 from runner.spec import Spec
 
 if TYPE_CHECKING:
-    from runner.manifest import LoadedManifest
+    from runner.context import RunContext
+    from runner.model_spec import DraftSpec
     from runner.models import LoadedModel
 
 
@@ -23,7 +25,8 @@ class DecodingSpec(Spec):
 
     max_new_tokens: int = Field(32, ge=1, le=8192)
     """Most tokens generated per answer (the prompt is not counted)."""
-    max_new_tokens_by_format: dict[Literal["yes_no", "multiple_choice", "extractive", "abstractive"], Annotated[int, Field(ge=1, le=8192)]] = {}
+    # Literal of a tuple expands to its members, so the schema offers exactly the FORMATS names.
+    max_new_tokens_by_format: dict[Literal[FORMATS], Annotated[int, Field(ge=1, le=8192)]] = {}
     """Per-format overrides of max_new_tokens, e.g. {yes_no: 4, abstractive: 64}: short answers
     stop paying for long budgets (batches never mix budgets)."""
 
@@ -65,8 +68,16 @@ def one_at_a_time(batch_size: int) -> int:
     return batch_size
 
 
-def _no_models(spec: DecodingSpec, loaded: LoadedManifest, target: LoadedModel) -> dict[str, Any]:
+def _no_models(spec: DecodingSpec, context: RunContext, target: LoadedModel) -> dict[str, Any]:
     return {}
+
+
+def _no_draft(spec: DecodingSpec) -> DraftSpec | None:
+    return None
+
+
+def _no_check(spec: DecodingSpec, context: RunContext) -> None:
+    return None
 
 
 def _no_processors(spec: DecodingSpec, example_ids: list[str]) -> list:
@@ -79,8 +90,13 @@ class Decoding:
 
     spec: type[DecodingSpec]
     generate_kwargs: Callable[[DecodingSpec], dict[str, Any]]
-    prepare: Callable[[DecodingSpec, LoadedManifest, LoadedModel], dict[str, Any]] = _no_models
+    prepare: Callable[[DecodingSpec, RunContext, LoadedModel], dict[str, Any]] = _no_models
     """Further `generate` arguments that need loaded models (a speculative draft), built once per run."""
+    draft: Callable[[DecodingSpec], DraftSpec | None] = _no_draft
+    """The draft block the strategy runs beside the target, if any: its weights (or training) are
+    part of the evaluation's identity and its training is a stage of the run."""
+    check: Callable[[DecodingSpec, RunContext], None] = _no_check
+    """Checks needing files or tokenizers, run before any training or model load (UserError if wrong)."""
     logits_processors: Callable[[DecodingSpec, list[str]], list] = _no_processors
     """Logits processors for one batch, given its example ids in row order (seeded sampling)."""
     starts_from_prefix_cache: bool = True

@@ -9,10 +9,10 @@ from pydantic import Field, field_validator
 
 from runner.decoding import Decoding, DecodingSpec, one_at_a_time, register
 from runner.errors import UserError
-from runner.model_spec import ModelSpec
+from runner.model_spec import DraftSpec
 
 if TYPE_CHECKING:
-    from runner.manifest import LoadedManifest
+    from runner.context import RunContext
     from runner.models import LoadedModel
 
 
@@ -22,8 +22,9 @@ class SpeculativeSpec(DecodingSpec):
     kind: Literal["speculative"] = "speculative"
     batch_size: int = Field(1, ge=1)
     """Must be 1: transformers runs assisted generation one sequence at a time."""
-    draft: ModelSpec
-    """The draft model (package, path or hub id), e.g. a smaller model of the same family."""
+    draft: DraftSpec
+    """The draft model (package, path or hub id, optionally with a saved adapter), e.g. a smaller
+    model of the same family, or `manifest:` another manifest's fine-tuned model."""
     num_draft_tokens: int = Field(5, ge=1, le=64)
     """Tokens the draft proposes per verification step (the starting value for `heuristic`)."""
     schedule: Literal["constant", "heuristic"] = "heuristic"
@@ -58,11 +59,28 @@ def configure_draft(draft: Any, spec: SpeculativeSpec) -> None:
     draft.generation_config.num_assistant_tokens_schedule = "heuristic_transient" if spec.schedule == "heuristic" else spec.schedule
 
 
-def prepare(spec: SpeculativeSpec, loaded: LoadedManifest, target: LoadedModel) -> dict[str, Any]:
-    """Load the draft model once and return the assisted-generation arguments."""
-    from runner.models import load_pretrained
+def draft_of(spec: SpeculativeSpec) -> DraftSpec:
+    """The draft block (its training, when it names a manifest, becomes a stage of the run)."""
+    return spec.draft
 
-    draft = load_pretrained(spec.draft, loaded)
+
+def check_tokenizers(spec: SpeculativeSpec, context: RunContext) -> None:
+    """Before anything is trained or loaded: a draft with another vocabulary needs `cross_tokenizer: true`."""
+    from runner.models import load_model_tokenizer
+
+    draft = context.draft
+    target = load_model_tokenizer(context.manifest.model, context.loaded.base_dir)
+    proposer = load_model_tokenizer(draft.model_spec, draft.owner.base_dir)
+    if not _same_vocabulary(target, proposer) and not spec.cross_tokenizer:
+        named = f"the model of {draft.owner.path.name}" if draft.owner is not context.loaded else "the draft"
+        raise UserError(f"decoding.draft: {named} has a tokenizer that differs from the target model's; set decoding.cross_tokenizer: true")
+
+
+def prepare(spec: SpeculativeSpec, context: RunContext, target: LoadedModel) -> dict[str, Any]:
+    """Load the draft once (with its trained weights or adapter) and return the assisted-generation arguments."""
+    from runner.training_stage import load_draft
+
+    draft = load_draft(context.draft, context.store)
     same = _same_vocabulary(draft.tokenizer, target.tokenizer)
     if not same and not spec.cross_tokenizer:
         raise UserError("decoding.draft: its tokenizer differs from the target model's; set decoding.cross_tokenizer: true")
@@ -73,4 +91,14 @@ def prepare(spec: SpeculativeSpec, loaded: LoadedManifest, target: LoadedModel) 
     return kwargs
 
 
-register("speculative", Decoding(spec=SpeculativeSpec, generate_kwargs=generate_kwargs, prepare=prepare, starts_from_prefix_cache=False))
+register(
+    "speculative",
+    Decoding(
+        spec=SpeculativeSpec,
+        generate_kwargs=generate_kwargs,
+        prepare=prepare,
+        draft=draft_of,
+        check=check_tokenizers,
+        starts_from_prefix_cache=False,
+    ),
+)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal
+
+from pydantic import AfterValidator, Field
 
 from runner.errors import UserError
 from runner.registry import Registry
@@ -88,6 +90,11 @@ class Method:
     mergeable: bool = False
     """The trained adapter folds into full-precision base weights (peft `merge_and_unload`), so
     evaluation can run without the adapter's extra matmuls when `eval.merge_adapter` allows."""
+    shares_prompt_prefix: bool = True
+    """Whether generation may compute the prompt prefix shared by a batch once and continue every
+    row from its KV cache. False when the method adds tokens inside the model in front of every
+    prompt (prompt tuning's virtual tokens): they would be added again in front of each piece of
+    a split prompt."""
 
 
 METHODS: Registry[Method] = Registry(__name__, "method")
@@ -96,6 +103,48 @@ METHODS: Registry[Method] = Registry(__name__, "method")
 def register(kind: str, method: Method) -> Method:
     """Register a method under its manifest kind."""
     return METHODS.register(kind, method)
+
+
+# The attention projections share these names in Gemma, Llama and Mistral.
+ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def _adaptable(names: str | tuple[str, ...]) -> str | tuple[str, ...]:
+    """Explicit module names unchanged when an adapter can train on every one of them; ValueError if not."""
+    if isinstance(names, tuple) and not names:
+        raise ValueError("list at least one module name, or leave the field out for the default")
+    if isinstance(names, tuple) and "lm_head" in names:
+        # trl computes log-probabilities from lm_head.weight directly (fused LM head), so any peft
+        # layer there (LoRA, AdaLoRA, IA3 vectors alike) would never receive a gradient; trl
+        # refuses it at trainer start, after the model is loaded. Refuse it at validation instead.
+        raise ValueError("lm_head cannot carry an adapter: trl's fused LM head never trains it; remove lm_head")
+    return names
+
+
+ModuleNames = Annotated[tuple[str, ...], AfterValidator(_adaptable)]
+"""An explicit list of module names to adapt, e.g. [q_proj, v_proj]: at least one, and never lm_head."""
+
+# The check wraps the whole union: inside one member, pydantic would report a failed list under
+# every member's name (target_modules.literal[...], target_modules.tuple[...]) instead of the field.
+TargetModules = Annotated[
+    Literal["all-linear", "attention"] | tuple[str, ...],
+    AfterValidator(_adaptable),
+    Field(
+        description="`all-linear` (every linear layer but the output head), `attention` (q/k/v/o projections), "
+        "or an explicit list of module names such as [q_proj, v_proj] (never lm_head: trl's fused output head "
+        "would not train an adapter there)."
+    ),
+]
+"""The `target_modules` field of the low-rank methods (LoRA, QLoRA, AdaLoRA), declared once."""
+
+
+def peft_target_modules(target_modules: str | tuple[str, ...]) -> str | list[str]:
+    """The `target_modules` value peft expects for a TargetModules value."""
+    if target_modules == "all-linear":
+        return "all-linear"
+    if target_modules == "attention":
+        return list(ATTENTION_MODULES)
+    return list(target_modules)
 
 
 def module_names(model: Any) -> set[str]:

@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from runner.errors import UserError
-from runner.methods import Method, MethodContext, register, require_modules
-from runner.methods.lora import peft_target_modules
+from runner.methods import Method, MethodContext, TargetModules, peft_target_modules, register, require_modules
 from runner.spec import Spec
 
 if TYPE_CHECKING:
@@ -44,9 +43,7 @@ class AdaloraSpec(Spec):
     """Scaling numerator: the update is multiplied by alpha / (current rank)."""
     dropout: float = Field(0.05, ge=0, lt=1)
     """Dropout on the adapter input during training."""
-    target_modules: Literal["all-linear", "attention"] | tuple[str, ...] = "all-linear"
-    """`all-linear` (every linear layer but the output head), `attention` (q/k/v/o projections),
-    or an explicit list of module names such as [q_proj, v_proj]."""
+    target_modules: TargetModules = "all-linear"  # documented and checked where TargetModules is declared
 
     @field_validator("target_r")
     @classmethod
@@ -81,7 +78,7 @@ def apply(model: Any, spec: AdaloraSpec, context: MethodContext) -> Any:
     problem = _schedule_problem(spec, context.total_steps)
     if problem:
         raise UserError(f"method.tfinal: {problem}")
-    targets = peft_target_modules(spec)
+    targets = peft_target_modules(spec.target_modules)
     if targets != "all-linear":
         require_modules(model, targets, "method.target_modules")
     config = AdaLoraConfig(

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import ValidationInfo, field_validator
 
 from runner.errors import UserError
-from runner.methods import Method, MethodContext, register, require_modules
+from runner.methods import Method, MethodContext, ModuleNames, register, require_modules
 from runner.spec import Spec
 
 # Used when peft has no mapping for a model type: keys and values scaled at their outputs, the MLP's
@@ -21,9 +21,10 @@ class Ia3Spec(Spec):
     initialised to one; nothing else trains."""
 
     kind: Literal["ia3"] = "ia3"
-    target_modules: tuple[str, ...] | None = Field(None, min_length=1)
+    target_modules: ModuleNames | None = None
     """Module names whose activations are rescaled; default: peft's choice for the architecture
-    (k_proj, v_proj, down_proj for Llama and Mistral; q_proj, v_proj, down_proj for Gemma)."""
+    (k_proj, v_proj, down_proj for Llama and Mistral; q_proj, v_proj, down_proj for Gemma). A list
+    names at least one module, and never lm_head (trl's fused output head would not train it)."""
     feedforward_modules: tuple[str, ...] | None = None
     """Those of target_modules whose input, not output, is rescaled; default: the architecture's MLP
     down projection when it is a target. [] scales every target at its output."""

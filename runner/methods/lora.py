@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from runner.methods import Method, MethodContext, register, require_modules
+from runner.methods import Method, MethodContext, TargetModules, peft_target_modules, register, require_modules
 from runner.spec import Spec
-
-# The attention projections share these names in Gemma, Llama and Mistral.
-ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 class LoraSpec(Spec):
@@ -25,41 +22,18 @@ class LoraSpec(Spec):
     """Dropout on the adapter input during training."""
     bias: Literal["none", "all", "lora_only"] = "none"
     """Which biases are trained alongside the adapters."""
-    target_modules: Literal["all-linear", "attention"] | tuple[str, ...] = "all-linear"
-    """`all-linear` (every linear layer but the output head), `attention` (q/k/v/o projections),
-    or an explicit list of module names such as [q_proj, v_proj, lm_head]."""
+    target_modules: TargetModules = "all-linear"  # documented and checked where TargetModules is declared
     rslora: bool = False
     """Rank-stabilised scaling alpha/sqrt(r) (Kalajdzievski 2023)."""
     dora: bool = False
     """Weight-decomposed LoRA (Liu et al. 2024): trains magnitude and direction separately."""
 
 
-    @field_validator("target_modules")
-    @classmethod
-    def _no_output_head(cls, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
-        if isinstance(value, tuple) and "lm_head" in value:
-            # trl computes log-probabilities from lm_head.weight directly (fused LM head), so an
-            # adapter there would never receive a gradient; trl refuses it at trainer start.
-            raise ValueError("lm_head cannot carry an adapter: trl's fused LM head never trains it; remove lm_head")
-        if isinstance(value, tuple) and not value:
-            raise ValueError("list at least one module name, or use all-linear / attention")
-        return value
-
-
-def peft_target_modules(spec: LoraSpec) -> str | list[str]:
-    """The `target_modules` value peft expects for this spec."""
-    if spec.target_modules == "all-linear":
-        return "all-linear"
-    if spec.target_modules == "attention":
-        return list(ATTENTION_MODULES)
-    return list(spec.target_modules)
-
-
 def lora_config(spec: LoraSpec, model: Any):
     """The peft LoraConfig for this spec, after checking explicit target names exist in the model."""
     from peft import LoraConfig
 
-    targets = peft_target_modules(spec)
+    targets = peft_target_modules(spec.target_modules)
     if targets != "all-linear":
         require_modules(model, targets, "method.target_modules")
     return LoraConfig(

@@ -125,5 +125,14 @@ def prompt_overhead(spec: PromptTuningSpec) -> int:
 
 register(
     "prompt_tuning",
-    Method(spec=PromptTuningSpec, apply=apply, trains=True, load_trained=load_trained, prompt_overhead=prompt_overhead),
+    Method(
+        spec=PromptTuningSpec,
+        apply=apply,
+        trains=True,
+        load_trained=load_trained,
+        prompt_overhead=prompt_overhead,
+        # peft's forward puts the virtual tokens in front of every input it is given: a prompt run in
+        # two pieces (the batch's shared prefix, then each row's remainder) would get them twice.
+        shares_prompt_prefix=False,
+    ),
 )

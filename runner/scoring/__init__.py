@@ -26,9 +26,9 @@ class Scored:
     options: tuple[str, ...] = ()
     """Multiple-choice option texts in letter order (a, b, c, ...); () when there are none."""
     format: str = ""
-    """Answer format (yes_no, multiple_choice, extractive, abstractive); "" when unknown."""
+    """Answer format, one of runner.data.example.FORMATS; "" when unknown."""
     dataset: str = ""
-    """Dataset name, as in runner.data.example.DATASET_FORMATS; "" when unknown."""
+    """Dataset name, as in Example.dataset (a UnifiedQA name or a JSONL dataset); "" when unknown."""
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Scored:

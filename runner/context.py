@@ -1,0 +1,186 @@
+"""Everything a run needs, built once: the manifest, its method and decoding records, the store,
+the stage identities and keys, and the examples — each data file read once, hashed and parsed
+from the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runner.data import Example
+from runner.decoding import DECODINGS, Decoding
+from runner.errors import DataError, Problem, UserError
+from runner.identity import evaluation_digest, evaluation_request, training_digest, training_request
+from runner.manifest import LoadedManifest, fetch_command, load_manifest, unfetched_data
+from runner.methods import METHODS, Method
+from runner.model_spec import DraftSpec, ModelSpec
+from runner.models import ModelIdentity, folder_sha256, identify_model
+from runner.paths import RunKeys, TrainingKeys
+from runner.readers import parse_split
+from runner.storage import Store, open_store
+
+
+@dataclass(frozen=True)
+class DataRead:
+    """A manifest's data files, each read once: sha256 per file and the parsed examples."""
+
+    train_hashes: dict[str, str]
+    """`<dataset>/<file>` → sha256 of every train-split file read (empty when none is)."""
+    eval_hashes: dict[str, str]
+    train: tuple[Example, ...]
+    evaluate: tuple[Example, ...]
+
+
+def _read_split(loaded: LoadedManifest, files: list[Path], split: str, limit: int | None, parse: bool) -> tuple[dict[str, str], list[Example]]:
+    hashes, examples, problems = {}, [], []
+    for file in files:
+        try:
+            data = file.read_bytes()
+        except OSError as exc:
+            problems.append(Problem(f"cannot read: {exc.strerror}", str(file)))
+            continue
+        hashes[loaded.relative_data_name(file)] = hashlib.sha256(data).hexdigest()
+        if parse:
+            try:
+                examples += parse_split(data, file, file.parent.name, split, loaded.manifest.data.format, limit)
+            except DataError as exc:
+                problems += exc.problems  # every broken file is reported, not just the first
+    if problems:
+        raise DataError(problems)
+    return hashes, examples
+
+
+def read_data(loaded: LoadedManifest, parse: bool = True) -> DataRead:
+    """Hash (and parse) every data file the manifest reads; DataError naming unfetched or broken files."""
+    missing = unfetched_data(loaded)
+    if missing:
+        raise DataError(f"{len(missing)} data file(s) not fetched yet, e.g. {missing[0]}; run `{fetch_command(missing)}`")
+    data = loaded.manifest.data
+    train_hashes, train = _read_split(loaded, loaded.train_files(), data.train_split, data.max_train_examples, parse)
+    eval_hashes, evaluate = _read_split(loaded, loaded.eval_files(), data.eval_split, data.max_eval_examples, parse)
+    return DataRead(train_hashes, eval_hashes, tuple(train), tuple(evaluate))
+
+
+@dataclass(frozen=True)
+class TrainingStage:
+    """One training: stored once under its digest, whichever manifests need it."""
+
+    keys: TrainingKeys
+    loaded: LoadedManifest
+    """The manifest whose model, method and training settings define the training."""
+    request: dict[str, Any]
+    """What was asked (model as named), stored as training.yaml."""
+    model: ModelIdentity
+    data_hashes: dict[str, str]
+    examples: tuple[Example, ...]
+
+    @property
+    def method(self) -> Method:
+        return METHODS.get(self.loaded.manifest.method.kind)
+
+
+def training_stage(loaded: LoadedManifest, data: DataRead) -> TrainingStage | None:
+    """The training a manifest needs, or None when its method trains nothing."""
+    if not METHODS.get(loaded.manifest.method.kind).trains:
+        return None
+    model = identify_model(loaded.manifest.model, loaded.base_dir)
+    request = training_request(loaded.manifest)
+    digest = training_digest(request, model.fingerprint, data.train_hashes)
+    return TrainingStage(TrainingKeys(digest), loaded, request, model, data.train_hashes, data.train)
+
+
+@dataclass(frozen=True)
+class DraftSource:
+    """Where a speculative draft's weights come from: a model block, plus an adapter or a training."""
+
+    model_spec: ModelSpec
+    owner: LoadedManifest
+    """The manifest that declares `model_spec` (relative paths resolve against it)."""
+    training: TrainingStage | None
+    adapter: Path | None
+    fingerprint: dict[str, str]
+    """What enters the evaluation digest: the training digest, or the weights (+ adapter hash)."""
+
+
+def draft_source(loaded: LoadedManifest, draft: DraftSpec, parse: bool = True) -> DraftSource:
+    """Resolve a draft block: another manifest's training, a saved adapter, or a plain model."""
+    if draft.manifest is not None:
+        owner = load_manifest(loaded.resolve(draft.manifest))
+        stage = training_stage(owner, read_data(owner, parse=parse))
+        model = identify_model(owner.manifest.model, owner.base_dir)
+        fingerprint = {"training": stage.keys.digest} if stage else {"dtype": owner.manifest.model.dtype, **model.fingerprint}
+        return DraftSource(owner.manifest.model, owner, stage, None, fingerprint)
+    model = identify_model(draft, loaded.base_dir)
+    fingerprint = {"dtype": draft.dtype, **model.fingerprint}
+    adapter = None
+    if draft.adapter is not None:
+        adapter = loaded.resolve(draft.adapter)
+        if not adapter.is_dir():
+            raise UserError(f"decoding.draft.adapter: {adapter} is not a folder")
+        fingerprint["adapter_sha256"] = folder_sha256(adapter)
+    return DraftSource(draft, loaded, None, adapter, fingerprint)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """One manifest's run: built once by `build_context`, read by every stage."""
+
+    loaded: LoadedManifest
+    method: Method
+    decoding: Decoding
+    store: Store
+    keys: RunKeys
+    model: ModelIdentity
+    training: TrainingStage | None
+    draft: DraftSource | None
+    data: DataRead
+
+    @property
+    def manifest(self):
+        return self.loaded.manifest
+
+    @property
+    def trainings(self) -> list[TrainingStage]:
+        """The training stages this evaluation needs, the draft's first (it is usually the smaller)."""
+        stages = [self.draft.training if self.draft else None, self.training]
+        return [stage for stage in stages if stage is not None]
+
+    @property
+    def location(self) -> str:
+        return f"{self.store.uri}/{self.keys.prefix}"
+
+
+def identify(loaded: LoadedManifest, data: DataRead) -> tuple[TrainingStage | None, DraftSource | None, RunKeys]:
+    """The stages a manifest resolves to and its evaluation's keys (no store needed)."""
+    manifest = loaded.manifest
+    training = training_stage(loaded, data)
+    spec = DECODINGS.get(manifest.decoding.kind).draft(manifest.decoding)
+    draft = draft_source(loaded, spec, parse=bool(data.evaluate)) if spec is not None else None
+    if training is not None:
+        base = {"training": training.keys.digest}
+    else:
+        base = dict(identify_model(manifest.model, loaded.base_dir).fingerprint)
+    eval_data = {**data.eval_hashes, **(data.train_hashes if manifest.icl.shots else {})}
+    digest = evaluation_digest(evaluation_request(manifest), base, draft.fingerprint if draft else None, eval_data)
+    return training, draft, RunKeys(manifest.name, digest)
+
+
+def build_context(loaded: LoadedManifest, storage: str | None) -> RunContext:
+    """Read the data, resolve the model and the stage identities, open the store."""
+    data = read_data(loaded)
+    training, draft, keys = identify(loaded, data)
+    store = open_store(storage or loaded.manifest.output.storage)
+    return RunContext(
+        loaded=loaded,
+        method=METHODS.get(loaded.manifest.method.kind),
+        decoding=DECODINGS.get(loaded.manifest.decoding.kind),
+        store=store,
+        keys=keys,
+        model=identify_model(loaded.manifest.model, loaded.base_dir),
+        training=training,
+        draft=draft,
+        data=data,
+    )

@@ -1,0 +1,74 @@
+"""Data readers: one module each, registering a `Reader` under its manifest `data.format`.
+
+Module name = manifest `data.format`. A split lives at `<root>/<dataset>/<split>.<extension>`.
+Readers take bytes, not paths, so the runner reads each file once and hashes the very bytes it
+parsed. Importing this package must not import torch: validation looks readers up.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from runner.data.example import Example
+from runner.registry import Registry
+
+# A dataset name becomes a folder name and part of example ids, so it must not smuggle in "/",
+# ".." or a leading "-"; the same rule as manifest names (runner.manifest.SAFE_NAME).
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be a dataset folder name, or None if it can."""
+    if SAFE_NAME.match(name):
+        return None
+    return (
+        f"dataset name {name!r} is not a safe folder name: use 1-128 letters, digits, '.', '_' or '-', "
+        "starting with a letter or digit"
+    )
+
+
+def _nothing_fetchable(name: str) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class Reader:
+    """How to find and parse one data format; everything else about data is format-free."""
+
+    extension: str
+    """File suffix without the dot ("tsv", "jsonl"): a split lives at <root>/<dataset>/<split>.<extension>."""
+    parse: Callable[[bytes, Path, str, str], list[Example]]
+    """(file bytes, path for messages, dataset, split) -> examples in file order; raises
+    runner.errors.DataError listing every problem of the file, each as Problem(message, str(path), line)."""
+    dataset_problem: Callable[[str], str | None] = name_problem
+    """Why this reader cannot serve a dataset name (checked at validation), or None if it can."""
+    fetchable: Callable[[str], bool] = _nothing_fetchable
+    """Whether `runner data fetch` can download this dataset's files."""
+
+
+READERS: Registry[Reader] = Registry(__name__, "data format")
+
+
+def register(name: str, reader: Reader) -> Reader:
+    """Register a reader under its manifest `data.format` name."""
+    return READERS.register(name, reader)
+
+
+def split_file(root: Path, dataset: str, split: str, data_format: str) -> Path:
+    """Where one split of a dataset lives under a data root: <root>/<dataset>/<split>.<extension>."""
+    return Path(root) / dataset / f"{split}.{READERS.get(data_format).extension}"
+
+
+def parse_split(
+    data: bytes, path: Path, dataset: str, split: str, data_format: str, max_examples: int | None
+) -> list[Example]:
+    """Parse one split file's bytes with the format's reader; keep the first `max_examples`."""
+    if max_examples is not None and max_examples < 0:
+        raise ValueError(f"max_examples must be >= 0, got {max_examples}")
+    # The whole file is parsed even when only a few examples are kept, so a broken line past the
+    # cut is still reported and the data hash always describes a file that parses.
+    examples = READERS.get(data_format).parse(data, Path(path), dataset, split)
+    return examples if max_examples is None else examples[:max_examples]

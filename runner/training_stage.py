@@ -1,0 +1,188 @@
+"""The training stage: train once under the training's digest, or reuse what storage already holds.
+
+Write order under `trainings/<digest>/`: training.yaml and provenance.json, then checkpoints and
+train_log.jsonl as the trainer saves them, the adapter folder (published whole), `_SUCCESS` last.
+A training whose `_SUCCESS` exists is never redone by any manifest on any host; one that another
+process holds the lease on is waited for (or left for later) instead of trained twice.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from runner import distributed
+from runner.console import log
+from runner.context import DraftSource, TrainingStage
+from runner.lease import Holder, Lease, expiry_seconds, try_acquire
+from runner.paths import TRAIN_LOG_FILE
+from runner.storage import Store
+
+TRAIN_SUMMARY = "qabench_train.json"
+"""What training measured, stored inside the adapter folder and copied into each evaluation's metrics."""
+
+
+class TrainingBusy(Exception):
+    """Another live process holds the lease on a training this run needs."""
+
+    def __init__(self, stage: TrainingStage, holder: Holder):
+        self.stage, self.holder = stage, holder
+        super().__init__(f"training {stage.keys.digest} is being trained by {holder.describe()}")
+
+
+def stored_summary(stage: TrainingStage, store: Store) -> dict[str, Any]:
+    """The training summary of a finished training."""
+    return json.loads(store.read_bytes(f"{stage.keys.adapter}/{TRAIN_SUMMARY}"))
+
+
+def _acquire(stage: TrainingStage, store: Store) -> tuple[bool, Lease | Holder | None]:
+    """(finished already, lease or live holder); in data-parallel runs rank 0 decides for every rank."""
+    finished = store.exists(stage.keys.success)
+    outcome = None if finished or not distributed.is_main() else try_acquire(store, stage.keys)
+    if distributed.world_size() > 1:
+        held, done = distributed.total([int(isinstance(outcome, Lease)), int(finished)])
+        return bool(done), outcome if distributed.is_main() else (Lease.__new__(Lease) if held else None)
+    return finished, outcome
+
+
+def ensure_trained(stage: TrainingStage, store: Store, wait: bool = True) -> dict[str, Any]:
+    """The stage's training summary: from storage when finished, else after training it here.
+
+    When another live process holds the lease: wait for it (`wait`), polling storage, or raise
+    TrainingBusy so the caller can do other work first. A holder that died stops renewing its
+    lease and this process takes over from the newest stored checkpoint once it expires.
+    """
+    poll = min(30.0, expiry_seconds() / 4)
+    announced = False
+    while True:
+        finished, outcome = _acquire(stage, store)
+        if finished:
+            log(f"training {stage.keys.digest} already done; reusing its weights")
+            return stored_summary(stage, store)
+        if isinstance(outcome, Lease) or (outcome is None and not distributed.is_main()):
+            try:
+                return _train(stage, store, outcome if isinstance(outcome, Lease) else None)
+            finally:
+                if isinstance(outcome, Lease) and hasattr(outcome, "_thread"):
+                    outcome.release()
+        if not wait:
+            raise TrainingBusy(stage, outcome)
+        if not announced:
+            log(f"training {stage.keys.digest} is being trained by {outcome.describe()}; waiting for it")
+            announced = True
+        time.sleep(poll)
+
+
+def _lease_guard(lease: Lease | None):
+    """A TrainerCallback that stops training at the next step once the lease is lost."""
+    from transformers import TrainerCallback
+
+    class CheckLease(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if lease is not None:
+                lease.check()
+
+    return CheckLease()
+
+
+def _train(stage: TrainingStage, store: Store, lease: Lease | None) -> dict[str, Any]:
+    import transformers
+
+    from runner import provenance
+    from runner.checkpoints import checkpoint_publisher, publish_log, restore_training
+    from runner.icl import PromptFormat
+    from runner.methods import MethodContext
+    from runner.models import load_model
+    from runner.train import planned_steps, train
+
+    manifest, keys, method = stage.loaded.manifest, stage.keys, stage.method
+    log(f"training {keys.digest} ({manifest.method.kind} on {stage.model.source}, {len(stage.examples)} examples) → {store.uri}/{keys.prefix}")
+    if distributed.is_main():
+        record = {"request": stage.request, "model": stage.model.as_dict(), "data": stage.data_hashes}
+        store.write_bytes(keys.spec, yaml.safe_dump(record, sort_keys=False).encode())
+    base = load_model(stage.loaded)
+    fmt = PromptFormat(base.tokenizer, manifest.icl)
+    steps = planned_steps(manifest.train, len(stage.examples))
+    context = MethodContext(total_steps=steps, model_type=base.model.config.model_type, tokenizer=base.tokenizer, device=base.device)
+    # Adapter initialisation draws from torch's global generator; seeding it makes it repeatable.
+    transformers.set_seed(manifest.train.seed)
+    model = method.apply(base.model, manifest.method, context)
+    checkpoint_dir, log_path = store.local_dir(keys.checkpoints), store.local_dir(keys.prefix) / TRAIN_LOG_FILE
+    if distributed.is_main():
+        restore_training(store, keys, checkpoint_dir, log_path)  # a fresh host continues from storage
+        store.write_bytes(keys.provenance, json.dumps(provenance.collect(base.device, base.identity.as_dict(), stage.data_hashes, keys.digest), indent=2).encode())
+    distributed.barrier()
+    # The publisher goes last: the method's callbacks may still be writing into the checkpoint.
+    publisher = checkpoint_publisher(store, keys, checkpoint_dir, log_path)
+    result = train(
+        model,
+        fmt,
+        list(stage.examples),
+        manifest.train,
+        checkpoint_dir=checkpoint_dir,
+        log_path=log_path,
+        extra_callbacks=lambda steps: [*method.trainer_callbacks(model, manifest.method, steps), _lease_guard(lease), publisher],
+        device=base.device,
+        use_bf16=base.device == "cuda" and str(base.model.dtype) == "torch.bfloat16",
+    )
+    summary = result.as_dict()
+    if distributed.is_main():
+        with tempfile.TemporaryDirectory() as staging:
+            method.save_trained(model, Path(staging))
+            summary["adapter_bytes"] = sum(f.stat().st_size for f in Path(staging).rglob("*") if f.is_file())
+            (Path(staging) / TRAIN_SUMMARY).write_text(json.dumps(summary, indent=2))
+            store.put_dir(keys.adapter, Path(staging))
+        publish_log(store, keys, log_path)
+        store.write_bytes(keys.success, json.dumps({"completed_at": time.time(), "steps": result.steps}).encode())
+    distributed.barrier()
+    log(f"trained {result.steps} steps in {result.seconds:.0f}s, final loss {result.final_loss:.4f}")
+    return summary
+
+
+def release_memory() -> None:
+    """Return what a finished training held (optimizer state, activations) before the next model loads."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def load_trained(stage: TrainingStage, store: Store):
+    """A fresh base model with the stored trained weights: what every evaluation of the stage uses.
+
+    Evaluations always start from the stored adapter, never from the model still in memory after
+    training, so a manifest evaluated on another host, or later, gets exactly the same model.
+    """
+    from runner.models import load_model
+
+    base = load_model(stage.loaded)
+    adapter = store.sync_down(stage.keys.adapter)
+    model = stage.method.load_trained(base.model, adapter, stage.loaded.manifest.method)
+    model.eval()
+    return replace(base, model=model)
+
+
+def load_draft(source: DraftSource, store: Store):
+    """The speculative draft, ready to propose: trained weights merged in where the method allows."""
+    from runner.models import load_model, load_pretrained
+
+    if source.training is not None:
+        draft = load_trained(source.training, store)
+        return replace(draft, model=draft.model.merge_and_unload()) if source.training.method.mergeable else draft
+    if source.adapter is not None:
+        from peft import PeftModel
+
+        base = load_pretrained(source.model_spec, source.owner.base_dir)
+        return replace(base, model=PeftModel.from_pretrained(base.model, str(source.adapter)).merge_and_unload().eval())
+    if source.owner.manifest.model is source.model_spec:
+        return load_model(source.owner)  # another manifest's untrained model, loaded as it would load it
+    return load_pretrained(source.model_spec, source.owner.base_dir)
