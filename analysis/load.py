@@ -307,7 +307,8 @@ def load_runs(refs: Sequence[RunRef], show_progress: bool = True) -> Loaded:
             skipped.append(exc.skipped)
     jobs = [(p, key) for p in pending for key in p.shard_keys]
     results: dict[tuple[int, str], pa.Table | Skipped] = {}
-    with progress("reading shards", len(jobs), stderr=True, transient=True, enabled=show_progress) as ticker, ThreadPoolExecutor(READ_THREADS) as pool:
+    reading = progress("reading shards", len(jobs), stderr=True, transient=True, enabled=show_progress)
+    with reading as ticker, ThreadPoolExecutor(READ_THREADS) as pool:
         futures = {(id(p), key): pool.submit(_read, p, key) for p, key in jobs}
         for slot, future in futures.items():
             results[slot] = future.result()

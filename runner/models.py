@@ -255,13 +255,13 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, **kwargs:
     return tokenizer
 
 
-def load_pretrained(spec: ModelSpec, base_dir: Path, extra_kwargs: dict[str, Any] | Callable[[str], dict[str, Any]] = dict) -> LoadedModel:
+def load_pretrained(spec: ModelSpec, base_dir: Path, extra_kwargs: Callable[[str], dict[str, Any]] | None = None) -> LoadedModel:
     """Load one model block and its tokenizer onto the best device; `extra_kwargs(device)` adds load arguments."""
     from transformers import AutoModelForCausalLM
 
     name, kwargs, identity = locate_model(spec, base_dir)
     device = pick_device()
-    method_kwargs = extra_kwargs(device) if callable(extra_kwargs) else dict(extra_kwargs)
+    method_kwargs = extra_kwargs(device) if extra_kwargs is not None else {}
     if "quantization_config" in method_kwargs:
         # Quantized weights are placed while loading; they cannot be moved afterwards.
         method_kwargs = {"device_map": {"": device}, **method_kwargs}

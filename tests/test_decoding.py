@@ -7,18 +7,17 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import tiny_corpus
+from conftest import stage_folders, tiny_corpus
 from runner.cli import main
 from runner.manifest import load_manifest
-from runner.run import plan
 from tiny_models import save_tiny_model
 
 FAMILIES = ["llama", "gemma", "mistral"]
 
 
 def _answers(manifest: Path, storage: Path) -> dict[str, tuple[str, int]]:
-    _, keys, _ = plan(load_manifest(manifest), str(storage))
-    rows = [r for shard in sorted((storage / keys.predictions).glob("*.parquet")) for r in pq.read_table(shard).to_pylist()]
+    evaluation, _ = stage_folders(manifest, storage)
+    rows = [r for shard in sorted((evaluation / "predictions").glob("*.parquet")) for r in pq.read_table(shard).to_pylist()]
     return {r["id"]: (r["raw_output"], r["output_tokens"]) for r in rows}
 
 
@@ -178,8 +177,8 @@ def test_per_format_budgets_cap_answers_and_never_share_a_batch(tiny_manifest, t
     decoding = {"kind": "greedy", "max_new_tokens": 6, "batch_size": 8, "stop": [], "max_new_tokens_by_format": {"yes_no": 2}}
     manifest = tiny_manifest("per-format", decoding=decoding)
     assert main(["run", str(manifest), "--storage", str(tmp_path)]) == 0
-    _, keys, _ = plan(load_manifest(manifest), str(tmp_path))
-    rows = [r for shard in sorted((tmp_path / keys.predictions).glob("*.parquet")) for r in pq.read_table(shard).to_pylist()]
+    evaluation, _ = stage_folders(manifest, tmp_path)
+    rows = [r for shard in sorted((evaluation / "predictions").glob("*.parquet")) for r in pq.read_table(shard).to_pylist()]
     assert all(r["output_tokens"] <= 2 for r in rows if r["format"] == "yes_no")
     assert any(r["output_tokens"] > 2 for r in rows if r["format"] != "yes_no")
     budgets: dict[str, set[bool]] = {}

@@ -8,9 +8,7 @@ import sys
 
 import pyarrow.parquet as pq
 
-from conftest import REPO
-from runner.manifest import load_manifest
-from runner.run import plan
+from conftest import REPO, stage_folders
 
 
 def test_two_data_parallel_processes_train_once_split_the_shards_and_complete_one_run(tiny_manifest, tmp_path):
@@ -22,15 +20,16 @@ def test_two_data_parallel_processes_train_once_split_the_shards_and_complete_on
                             cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert "data parallel over 2 processes" in result.stdout
-    run = storage / plan(load_manifest(manifest), str(storage))[1].prefix
-    assert (run / "_SUCCESS").is_file() and (run / "adapter" / "adapter_model.safetensors").is_file()
-    steps = [json.loads(line)["step"] for line in (run / "train_log.jsonl").read_text().splitlines() if "loss" in json.loads(line)]
+    evaluation, training = stage_folders(manifest, storage)
+    assert (training / "_SUCCESS").is_file() and (training / "adapter" / "adapter_model.safetensors").is_file()
+    steps = [json.loads(line)["step"] for line in (training / "train_log.jsonl").read_text().splitlines() if "loss" in json.loads(line)]
     assert steps == [1, 2, 3, 4, 5, 6], "one log, written by rank 0 only"
-    assert sorted(p.name for p in (run / "checkpoints").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
-    assert all((run / "checkpoints" / c / "qabench_complete").is_file() for c in ("checkpoint-3", "checkpoint-6"))
-    rows = [r for s in sorted((run / "predictions").glob("*.parquet")) for r in pq.read_table(s, columns=["id"]).to_pylist()]
+    assert sorted(p.name for p in (training / "checkpoints").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+    assert all((training / "checkpoints" / c / "qabench_complete").is_file() for c in ("checkpoint-3", "checkpoint-6"))
+    assert (evaluation / "_SUCCESS").is_file()
+    rows = [r for s in sorted((evaluation / "predictions").glob("*.parquet")) for r in pq.read_table(s, columns=["id"]).to_pylist()]
     assert len(rows) == 24 and len({r["id"] for r in rows}) == 24
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["overall"]["n"] == 24
+    metrics = json.loads((evaluation / "metrics.json").read_text())
+    assert metrics["overall"]["n"] == 24 and metrics["training"] == training.name
     # Each rank trained on its own half of every global batch: the counted tokens cover both.
     assert metrics["train"]["real_tokens"] > 0

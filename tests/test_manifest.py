@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 from conftest import REPO
 from runner.cli import main
-from runner.manifest import load_manifest, run_digest
+from runner.manifest import load_manifest
 
 BAD = REPO / "tests" / "bad_manifests"
 EXPECT = re.compile(rb"^# expect: (\d+) \| ([^|]*) \| (.+)$", re.M)
@@ -81,13 +82,46 @@ def test_manifest_is_frozen(tiny_manifest):
         manifest.name = "other"  # type: ignore[misc]
 
 
-def test_digest_ignores_output_and_description_but_not_settings(tiny_manifest):
-    base = load_manifest(tiny_manifest("digest"))
-    moved = load_manifest(tiny_manifest("digest", output={"storage": "/elsewhere"}, description="notes"))
-    changed = load_manifest(tiny_manifest("digest", decoding={"kind": "greedy", "max_new_tokens": 7}))
-    assert run_digest(base, "d") == run_digest(moved, "d")
-    assert run_digest(base, "d") != run_digest(changed, "d")
-    assert run_digest(base, "d") != run_digest(base, "other-data")
+def _stage_digests(path: Path) -> tuple[str, str]:
+    """(training digest, evaluation digest) of a manifest that trains, as runner.identity computes them."""
+    from runner.context import read_data
+    from runner.identity import evaluation_digest, evaluation_request, training_digest, training_request
+    from runner.models import identify_model
+
+    loaded = load_manifest(path)
+    data = read_data(loaded, parse=False)
+    model = identify_model(loaded.manifest.model, loaded.base_dir)
+    training = training_digest(training_request(loaded.manifest), model.fingerprint, data.train_hashes)
+    return training, evaluation_digest(evaluation_request(loaded.manifest), {"training": training}, None, data.eval_hashes)
+
+
+def test_stage_digests_follow_what_a_stage_produces_not_where_or_how_it_is_described(tmp_path, small_data, tiny_models):
+    from conftest import SYNTHETIC, write_manifest
+
+    def make(folder: Path, **overrides) -> Path:
+        # Copies, not links: the digests must not depend on the absolute paths the files are read from.
+        for source, name in ((small_data, "data"), (tiny_models["llama"], "model")):
+            if not (folder / name).exists():
+                shutil.copytree(source, folder / name)
+        sections = {
+            "model": {"path": "model"},
+            "data": {"root": "data", "datasets": SYNTHETIC},
+            "method": {"kind": "lora"},
+            "train": {"steps": 4, "batch_size": 4},
+            "decoding": {"kind": "greedy", "max_new_tokens": 6},
+            **overrides,
+        }
+        return write_manifest(folder, "digest", **sections)
+
+    training, evaluation = _stage_digests(make(tmp_path / "first"))
+    moved = make(tmp_path / "second", output={"storage": "/elsewhere"}, description="notes", eval={"metrics": ["exact_match"]})
+    assert _stage_digests(moved) == (training, evaluation)
+
+    retrained = _stage_digests(make(tmp_path / "first", train={"steps": 5, "batch_size": 4}))
+    assert retrained[0] != training and retrained[1] != evaluation, "a new training is a new evaluation too"
+
+    redecoded = _stage_digests(make(tmp_path / "first", decoding={"kind": "greedy", "max_new_tokens": 7}))
+    assert redecoded[0] == training and redecoded[1] != evaluation, "only the evaluation changes: it reuses the training"
 
 
 def test_decoding_kind_defaults_to_greedy(tiny_manifest):

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import seaweed as sw
+from runner.atomic import copy_atomic, replacing, write_atomic
 from runner.errors import StorageError, UserError
 from runner.paths import RunKeys, check_key, parse_run_prefix, shard_index
 from runner.storage import LocalStore, Store, open_store
@@ -181,6 +182,28 @@ def test_local_write_is_atomic_and_leaves_no_temp_files(tmp_path):
     assert store.read_bytes("a/b/c.json") == b"22"
     assert [p.name for p in (tmp_path / "a" / "b").iterdir()] == ["c.json"]
     assert store.list("a") == ["a/b/c.json"]
+
+
+def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path):
+    target = tmp_path / "deep" / "report.md"
+    write_atomic(target, "old")
+    with pytest.raises(RuntimeError), replacing(target) as tmp:
+        tmp.write_text("half of the new")
+        raise RuntimeError("killed mid-write")
+    assert target.read_text() == "old" and [p.name for p in target.parent.iterdir()] == ["report.md"]
+
+
+def test_atomic_writes_and_copies_create_folders_and_files_readable_as_umask_allows(tmp_path):
+    source = tmp_path / "source.bin"
+    source.write_bytes(b"\x00\x01")
+    copy_atomic(source, tmp_path / "a" / "b" / "copy.bin")
+    write_atomic(tmp_path / "c" / "text.txt", "héllo")
+    assert (tmp_path / "a" / "b" / "copy.bin").read_bytes() == b"\x00\x01"
+    assert (tmp_path / "c" / "text.txt").read_text(encoding="utf-8") == "héllo"
+    umask = os.umask(0o022)
+    os.umask(umask)
+    # A temporary file from mkstemp would be 0o600 whatever the umask.
+    assert (tmp_path / "c" / "text.txt").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_local_store_never_follows_a_symlink_out_of_its_root(tmp_path):

@@ -12,17 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, stage_folders
 from runner.cli import main
-from runner.manifest import load_manifest
-from runner.run import plan
 
 LORA = {"kind": "lora", "r": 8, "alpha": 16, "dropout": 0.1, "target_modules": "all-linear"}
-
-
-def _run_folder(manifest: Path, storage: Path) -> Path:
-    _, keys, _ = plan(load_manifest(manifest), str(storage))
-    return storage / keys.prefix
 
 
 def _adapter_tensors(folder: Path) -> dict:
@@ -34,13 +27,16 @@ def _adapter_tensors(folder: Path) -> dict:
 def test_training_records_its_measurements_in_metrics(tiny_manifest, tmp_path):
     manifest = tiny_manifest("measured", method=LORA, train={"steps": 6, "batch_size": 4, "save_steps": 3, "heldout_examples": 8})
     assert main(["run", str(manifest), "--storage", str(tmp_path)]) == 0
-    train = json.loads((_run_folder(manifest, tmp_path) / "metrics.json").read_text())["train"]
+    evaluation, training = stage_folders(manifest, tmp_path)
+    metrics = json.loads((evaluation / "metrics.json").read_text())
+    train = metrics["train"]
+    assert metrics["training"] == training.name, "the evaluation names the training it copied the summary from"
     assert train["steps"] == 6 and train["heldout_examples"] == 8 and train["train_examples"] == 160 - 8
     assert 0 < train["trainable_percent"] < 100 and train["adapter_bytes"] > 0
     assert 0 < train["real_tokens"] <= train["padded_tokens"] and 0 <= train["padding_fraction"] < 0.5
     assert train["tokens_per_second"] > 0 and train["peak_memory_bytes"] > 0
     assert abs(train["heldout_perplexity"] - 2.718281828 ** train["heldout_loss"]) < 1e-6 * train["heldout_perplexity"]
-    log = [json.loads(line) for line in (_run_folder(manifest, tmp_path) / "train_log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (training / "train_log.jsonl").read_text().splitlines()]
     assert any("eval_loss" in record for record in log), "periodic held-out evaluation is logged"
 
 
@@ -65,7 +61,7 @@ def test_each_method_cuts_heldout_loss_by_its_stated_margin_within_40_steps(kind
     train = {"steps": 40, "batch_size": 8, "learning_rate": learning_rate, "save_steps": 40, "heldout_examples": 16}
     manifest = tiny_manifest(f"learns-{kind}", method=method, train=train)
     assert main(["run", str(manifest), "--storage", str(tmp_path)]) == 0
-    result = json.loads((_run_folder(manifest, tmp_path) / "metrics.json").read_text())["train"]
+    result = json.loads((stage_folders(manifest, tmp_path)[0] / "metrics.json").read_text())["train"]
     before, after = result["heldout_loss_before"], result["heldout_loss"]
     assert after < (1 - margin) * before, f"{kind}: held-out loss {before:.3f} → {after:.3f}, wanted −{margin:.0%}"
 
@@ -86,19 +82,20 @@ def test_run_killed_mid_training_resumes_to_the_same_adapter(method, tiny_manife
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "runner", "run", str(manifest), "--storage", str(killed)]
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoints = _run_folder(manifest, killed) / "checkpoints"
+    evaluation, training = stage_folders(manifest, killed)
+    checkpoints = training / "checkpoints"
     deadline = time.monotonic() + 120
     while not (checkpoints / "checkpoint-10" / "qabench_complete").exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    run = _run_folder(manifest, killed)
-    assert not (run / "_SUCCESS").exists() and not (run / "adapter").exists(), "killed before training finished"
+    assert not (training / "_SUCCESS").exists() and not (training / "adapter").exists(), "killed before training finished"
+    assert not (evaluation / "_SUCCESS").exists()
 
     assert main(["run", str(manifest), "--storage", str(killed)]) == 0
-    losses = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    losses = [json.loads(line) for line in (training / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in losses if "loss" in r] == [10, 20, 30], "resumed at step 10, not from scratch"
-    resumed, uninterrupted = _adapter_tensors(run), _adapter_tensors(_run_folder(manifest, reference))
+    resumed, uninterrupted = _adapter_tensors(training), _adapter_tensors(stage_folders(manifest, reference)[1])
     assert resumed.keys() == uninterrupted.keys()
     for name, tensor in uninterrupted.items():
         assert (resumed[name] - tensor).abs().max().item() < 1e-5, name
@@ -120,7 +117,7 @@ def test_every_optimizer_choice_trains(optimizer, tiny_manifest, tmp_path):
     train = {"steps": 2, "batch_size": 4, "optimizer": optimizer, "save_steps": 2, "heldout_examples": 0}
     manifest = tiny_manifest(f"optimizer-{optimizer}", method=LORA, train=train)
     assert main(["run", str(manifest), "--storage", str(tmp_path)]) == 0
-    assert json.loads((_run_folder(manifest, tmp_path) / "metrics.json").read_text())["train"]["steps"] == 2
+    assert json.loads((stage_folders(manifest, tmp_path)[0] / "metrics.json").read_text())["train"]["steps"] == 2
 
 
 def test_quantized_weights_count_as_the_parameters_they_encode(tiny_models):
