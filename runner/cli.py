@@ -183,11 +183,10 @@ def _k8s(args: argparse.Namespace) -> int:
     if args.out is None:
         sys.stdout.write(text)
         return 0
+    from runner.atomic import write_atomic
+
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(f".{out.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    temporary.replace(out)
+    write_atomic(out, text)
     print(f"{out}: ConfigMap and Indexed Job {settings.name}; kubectl apply -f {out}")
     return 0
 

@@ -34,12 +34,14 @@ from runner.errors import InfraError, StorageError
 from runner.paths import TrainingKeys
 from runner.storage import Store
 
-DEFAULT_EXPIRY_SECONDS = 600.0
-"""A holder that has not renewed for this long is presumed dead (QABENCH_LEASE_SECONDS overrides)."""
+DEFAULT_EXPIRY_SECONDS = 180.0
+"""A holder that has not renewed for this long is presumed dead (QABENCH_LEASE_SECONDS overrides).
+Renewal runs in its own thread every 60 s, independent of step length; a retried pod waits at
+most this long for its dead predecessor's lease."""
 
 
 def expiry_seconds() -> float:
-    """The lease expiry: QABENCH_LEASE_SECONDS, else 10 minutes."""
+    """The lease expiry: QABENCH_LEASE_SECONDS, else 3 minutes."""
     value = os.environ.get("QABENCH_LEASE_SECONDS")
     try:
         seconds = float(value) if value else DEFAULT_EXPIRY_SECONDS
@@ -60,11 +62,26 @@ class Holder:
 
     @property
     def expired(self) -> bool:
-        return time.time() >= self.expires_at
+        """Past its expiry, or held by a process of this host that no longer exists (a killed run's retry)."""
+        return time.time() >= self.expires_at or _dead_here(self.holder)
 
     def describe(self) -> str:
         """`host:pid until HH:MM:SS` for messages."""
         return f"{self.holder.rsplit(':', 1)[0]} until {time.strftime('%H:%M:%S', time.localtime(self.expires_at))}"
+
+
+def _dead_here(holder: str) -> bool:
+    host, _, rest = holder.partition(":")
+    pid = rest.split(":", 1)[0]
+    if host != platform.node() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, another user's
+    return False
 
 
 def _generations(store: Store, keys: TrainingKeys) -> list[int]:

@@ -21,8 +21,7 @@ import pytest
 import seaweed as sw
 from analysis.cli import main as analysis_main
 from runner.cli import main
-from runner.manifest import load_manifest
-from runner.run import plan
+from conftest import stage_folders
 from runner.s3store import S3Store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,7 +62,11 @@ def s3(seaweed, tmp_path, monkeypatch) -> Bucket:
 
 
 def _run_prefix(manifest: Path) -> str:
-    return plan(load_manifest(manifest), str(manifest.parent))[1].prefix
+    return stage_folders(manifest, manifest.parent)[0].relative_to(manifest.parent).as_posix()
+
+
+def _training_prefix(manifest: Path) -> str:
+    return stage_folders(manifest, manifest.parent)[1].relative_to(manifest.parent).as_posix()
 
 
 def _predictions(objects: dict[str, tuple[bytes, dict]], run: str) -> list[dict]:
@@ -88,20 +91,22 @@ def _files_containing(root: Path, text: str) -> list[Path]:
 
 def test_lora_run_to_s3_reports_from_s3_like_the_same_run_stored_locally(s3, tiny_manifest, tmp_path, capsys):
     manifest = tiny_manifest("s3-e2e", method=LORA)
-    run = _run_prefix(manifest)
+    run, training = _run_prefix(manifest), _training_prefix(manifest)
     assert main(["run", str(manifest), "--storage", s3.uri]) == 0
 
     objects = s3.objects()
     for key, (data, metadata) in objects.items():
         assert metadata.get("sha256") == hashlib.sha256(data).hexdigest(), key
     shards = [f"{run}/predictions/shard-{i:05d}.parquet" for i in range(5)]
-    for key in ("manifest.yaml", "provenance.json", "train_log.jsonl", "metrics.json", "_SUCCESS", "adapter/adapter_config.json", "adapter/.qabench_dir.json"):
+    for key in ("manifest.yaml", "provenance.json", "metrics.json", "_SUCCESS"):
         assert f"{run}/{key}" in objects, key
+    for key in ("training.yaml", "provenance.json", "train_log.jsonl", "_SUCCESS", "adapter/adapter_config.json", "adapter/.qabench_dir.json"):
+        assert f"{training}/{key}" in objects, key
     for step in (2, 4):  # save_steps 2 of 4 steps; the trainer keeps the last two
-        assert f"{run}/checkpoints/checkpoint-{step}/qabench_complete" in objects
-        assert f"{run}/checkpoints/checkpoint-{step}/.qabench_dir.json" in objects
+        assert f"{training}/checkpoints/checkpoint-{step}/qabench_complete" in objects
+        assert f"{training}/checkpoints/checkpoint-{step}/.qabench_dir.json" in objects
     assert sorted(k for k in objects if "/predictions/shard-" in k) == shards
-    log_steps = [json.loads(line)["step"] for line in objects[f"{run}/train_log.jsonl"][0].decode().splitlines()]
+    log_steps = [json.loads(line)["step"] for line in objects[f"{training}/train_log.jsonl"][0].decode().splitlines()]
     assert log_steps and max(log_steps) == 4
 
     first = capsys.readouterr()
@@ -117,7 +122,7 @@ def test_lora_run_to_s3_reports_from_s3_like_the_same_run_stored_locally(s3, tin
     from_s3, pulled, from_pulled = tmp_path / "report-s3", tmp_path / "pulled", tmp_path / "report-pulled"
     assert analysis_main(["report", s3.uri, "--out", str(from_s3), "--no-figures"]) == 0
     assert main(["pull", s3.uri, str(pulled)]) == 0
-    assert (pulled / run / "adapter" / "adapter_model.safetensors").is_file()
+    assert (pulled / training / "adapter" / "adapter_model.safetensors").is_file()
     assert analysis_main(["report", str(pulled), "--out", str(from_pulled), "--no-figures"]) == 0
     for table in ("results.csv", "results_by_slice.csv"):
         assert (from_s3 / table).read_text() == (from_pulled / table).read_text(), table
@@ -172,18 +177,18 @@ def _killed_at(point: str, manifest: Path, uri: str) -> str:
 
 def test_run_killed_in_training_and_mid_upload_resumes_from_storage_losing_and_duplicating_nothing(s3, tiny_manifest, capsys):
     manifest = tiny_manifest("s3-killed", method=LORA)
-    run = _run_prefix(manifest)
+    run, training = _run_prefix(manifest), _training_prefix(manifest)
 
     _killed_at("checkpoint-2", manifest, s3.uri)
     stored = s3.objects()
-    assert f"{run}/checkpoints/checkpoint-2/.qabench_dir.json" in stored
+    assert f"{training}/checkpoints/checkpoint-2/.qabench_dir.json" in stored
     assert not any("/adapter/" in k or "/predictions/" in k for k in stored)
     shutil.rmtree(s3.workdir)  # the next attempt runs on a fresh host
 
     out = _killed_at("upload-shard-1", manifest, s3.uri)
     assert "fetching checkpoint-2 from storage" in out and "resuming training from checkpoint-2" in out
     stored = s3.objects()
-    assert f"{run}/adapter/.qabench_dir.json" in stored
+    assert f"{training}/adapter/.qabench_dir.json" in stored
     assert sorted(k for k in stored if "/predictions/shard-" in k) == [f"{run}/predictions/shard-00000.parquet"]
     kept = next(s3.workdir.rglob("shard-00001.parquet")).read_bytes()
 
@@ -197,7 +202,7 @@ def test_run_killed_in_training_and_mid_upload_resumes_from_storage_losing_and_d
     assert sorted(k.split("/")[3] for k in stored if k.endswith("/qabench_complete")) == ["checkpoint-2", "checkpoint-4"]
     metrics = json.loads(stored[f"{run}/metrics.json"][0])
     assert metrics["overall"]["n"] == 24 and metrics["train"]["steps"] == 4
-    losses = [r["step"] for r in map(json.loads, stored[f"{run}/train_log.jsonl"][0].decode().splitlines()) if "loss" in r]
+    losses = [r["step"] for r in map(json.loads, stored[f"{training}/train_log.jsonl"][0].decode().splitlines()) if "loss" in r]
     assert losses == sorted(set(losses)) == [1, 2, 3, 4], "no training step lost or logged twice"
 
     # Answers are not compared with an uninterrupted run: training resumed from a checkpoint is

@@ -221,10 +221,10 @@ def test_fine_tuned_draft_changes_proposals_but_not_greedy_answers(tiny_manifest
 
 
 def test_draft_training_with_another_tokenizer_is_refused_before_anything_trains(tiny_manifest, tmp_path, small_data, capsys):
-    from conftest import corpus
+    from conftest import tiny_corpus
     from tiny_models import save_tiny_model
 
-    other = save_tiny_model(tmp_path / "other-vocabulary", "llama", corpus(small_data)[:40])
+    other = save_tiny_model(tmp_path / "other-vocabulary", "llama", tiny_corpus(small_data)[:40])
     draft = tiny_manifest("other-vocab-draft", model={"path": str(other)}, method=LORA)
     target = tiny_manifest("refused-target", decoding={"kind": "speculative", "batch_size": 1, "max_new_tokens": 6, "draft": {"manifest": draft.name}})
     storage = tmp_path / "runs"
