@@ -43,11 +43,14 @@ def test_rendered_objects_pass_kubernetes_validate_strict(tmp_path, capsys):
     assert "passed for resource configmap/" in result.stdout and "passed for resource job/qabench-grid" in result.stdout
 
 
-def test_job_has_one_index_per_manifest_in_file_name_order(tmp_path, capsys):
+def test_job_has_one_index_per_manifest_in_the_plans_schedule_order(tmp_path, capsys):
     documents = _documents(_render(tmp_path, "--parallelism", "4"))
     configmap, job = documents["ConfigMap"], documents["Job"]
-    names = sorted(f.name for f in GRID.glob("*.yaml"))
-    assert sorted(configmap["data"]) == names
+    capsys.readouterr()
+    assert main(["plan", str(GRID), "--schedule"]) == 0
+    names = [Path(line).name for line in capsys.readouterr().out.split()]
+    assert sorted(names) == sorted(f.name for f in GRID.glob("*.yaml"))
+    assert sorted(configmap["data"]) == sorted(names)
     assert all(configmap["data"][n] == (GRID / n).read_text() for n in names)
     assert configmap["immutable"] is True
     spec = job["spec"]
@@ -191,8 +194,7 @@ def _pod_process(job: dict, configmap: dict, index: int, root: Path, secret: dic
 def test_two_indexes_and_a_duplicate_pod_against_s3_each_finish_their_own_run(seaweed, tiny_manifest, tmp_path, monkeypatch):
     import seaweed as sw
     from analysis.cli import main as analysis_main
-    from runner.manifest import load_manifest
-    from runner.run import plan
+    from conftest import stage_folders
 
     prefix = f"k8s-{uuid.uuid4().hex[:8]}"
     storage = f"s3://{sw.BUCKET}/{prefix}"
@@ -216,7 +218,7 @@ def test_two_indexes_and_a_duplicate_pod_against_s3_each_finish_their_own_run(se
     names = [item["key"] for item in job["spec"]["template"]["spec"]["volumes"][0]["configMap"]["items"]]
     assert names == ["pod-lora.yaml", "pod-zero-shot.yaml"]  # index 0 = lora, 1 = zero-shot
     for manifest in (lora, folder / "pod-zero-shot.yaml"):
-        run = plan(load_manifest(manifest), str(tmp_path / "keys-only"))[1].prefix
+        run = stage_folders(manifest, tmp_path / "keys-only")[0].relative_to(tmp_path / "keys-only").as_posix()
         assert f"{prefix}/{run}/_SUCCESS" in keys and f"{prefix}/{run}/metrics.json" in keys
     # A pod restarted after its run finished redoes nothing.
     again = _pod_process(job, configmap, 0, tmp_path, secret)
@@ -226,3 +228,18 @@ def test_two_indexes_and_a_duplicate_pod_against_s3_each_finish_their_own_run(se
     assert analysis_main(["report", storage, "--out", str(tmp_path / "report"), "--no-figures"]) == 0
     rows = (tmp_path / "report" / "results.csv").read_text().splitlines()
     assert len(rows) == 3, rows
+
+
+def test_indexes_start_each_distinct_training_once_before_the_manifests_that_reuse_it(tiny_manifest, tmp_path):
+    lora = {"kind": "lora", "r": 4, "alpha": 8, "target_modules": "attention"}
+    tiny_manifest("a-lora-greedy", method=lora)
+    tiny_manifest("b-lora-prompt-lookup", method=lora, decoding={"kind": "prompt_lookup", "batch_size": 1})
+    tiny_manifest("c-ia3-greedy", method={"kind": "ia3"})
+    tiny_manifest("d-none-greedy")
+    folder = tmp_path / "manifests"
+    settings = job_settings(folder, IMAGE, STORAGE, mount_path="/app/manifests/study")
+    configmap, job = yaml.safe_load_all(render(collect(folder), settings))
+    names = [item["key"] for item in job["spec"]["template"]["spec"]["volumes"][0]["configMap"]["items"]]
+    # With --parallelism 2 the first two pods train LoRA and IA3 side by side; the prompt-lookup
+    # cell, which reuses the LoRA training, comes after the manifests that need no other pod's work.
+    assert names == ["a-lora-greedy.yaml", "c-ia3-greedy.yaml", "b-lora-prompt-lookup.yaml", "d-none-greedy.yaml"]
