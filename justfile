@@ -47,13 +47,17 @@ validate *paths="manifests":
 run +manifests:
     {{python}} -m runner run {{manifests}}
 
+# the stage graph of manifests: distinct trainings and evaluations, done / partly done / pending
+plan *args="manifests/grid":
+    {{python}} -m runner plan {{args}}
+
 # tables over every completed run
 report source="runs" out="reports/latest":
     {{python}} -m analysis report {{source}} --out {{out}}
 
 # Image: QABENCH_IMAGE, default qabench:<git short sha>. Flags other than --local go to `runner run`,
 # e.g. `just grid manifests/seed-study --storage s3://bucket/runs`. Failures are listed at the end.
-# every manifest of a folder (default manifests/grid) in turn, via docker run or --local; finished runs skipped
+# every manifest of a folder (default manifests/grid) in the plan's order, via docker run or --local; finished stages skipped
 [positional-arguments]
 grid *args:
     #!/usr/bin/env bash
@@ -62,8 +66,6 @@ grid *args:
     for arg in "$@"; do
       case "$arg" in --local) local=1 ;; -*) extra+=("$arg") ;; *) if [ ${#extra[@]} -gt 0 ]; then extra+=("$arg"); else folder="${arg%/}"; fi ;; esac
     done
-    mapfile -t manifests < <(find "$folder" -maxdepth 1 -name '*.yaml' | LC_ALL=C sort)
-    [ ${#manifests[@]} -gt 0 ] || { echo "no manifests in $folder" >&2; exit 2; }
     if [ "$local" = 1 ]; then
       runner=({{python}} -m runner)
     else
@@ -76,7 +78,17 @@ grid *args:
               -e AWS_SECRET_ACCESS_KEY -e AWS_SESSION_TOKEN -e AWS_ENDPOINT_URL -e AWS_REGION "$image")
     fi
     # Every manifest is checked before the first run starts: a typo in the last one must not wait hours.
-    if [ "$local" = 1 ]; then "${runner[@]}" validate "$folder"; else docker run --rm --entrypoint python -v "$PWD/manifests:/app/manifests:ro" -v "$PWD/data:/app/data:ro" "$image" -m runner validate "$folder"; fi
+    # The run order is the plan's schedule: each distinct training's first user first, then the
+    # manifests that reuse a training (they find it in storage and train nothing).
+    if [ "$local" = 1 ]; then
+      "${runner[@]}" validate "$folder"
+      mapfile -t manifests < <("${runner[@]}" plan "$folder" --schedule)
+    else
+      inspect=(docker run --rm --entrypoint python -v "$PWD/manifests:/app/manifests:ro" -v "$PWD/data:/app/data:ro" "$image" -m runner)
+      "${inspect[@]}" validate "$folder"
+      mapfile -t manifests < <("${inspect[@]}" plan "$folder" --schedule)
+    fi
+    [ ${#manifests[@]} -gt 0 ] || { echo "no manifests in $folder" >&2; exit 2; }
     failed=()
     for manifest in "${manifests[@]}"; do
       echo "== $manifest"

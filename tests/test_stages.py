@@ -301,3 +301,18 @@ def test_plan_of_a_grid_counts_one_training_per_distinct_model_method_training_a
     assert plan["counts"]["evaluations"] == len(list(folder.glob("*.yaml")))
     if grid == "grid":
         assert (plan["counts"]["trainings"], plan["counts"]["evaluations"]) == (20, 81)
+
+
+def test_just_grid_runs_a_folder_in_the_plans_order_and_trains_shared_training_once(tiny_manifest, tmp_path):
+    zero_shot = tiny_manifest("a-none")
+    greedy = tiny_manifest("b-greedy", method=LORA)  # the training's first user runs first
+    sampled = _sampled(tiny_manifest, "c-sample")
+    storage = tmp_path / "runs"
+    just = Path(sys.executable).parent / "just"
+    result = subprocess.run([str(just), "grid", str(greedy.parent), "--local", "--storage", str(storage)], cwd=REPO,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    order = [line.removeprefix("== ") for line in result.stdout.splitlines() if line.startswith("== ")]
+    assert order == [str(greedy), str(zero_shot), str(sampled)]
+    assert result.stdout.count("trained 4 steps") == 1 and "already done; reusing its weights" in result.stdout
+    assert "3 manifest(s), 0 failed" in result.stdout
