@@ -31,9 +31,10 @@ TRAIN_SUMMARY = "qabench_train.json"
 class TrainingBusy(Exception):
     """Another live process holds the lease on a training this run needs."""
 
-    def __init__(self, stage: TrainingStage, holder: Holder):
+    def __init__(self, stage: TrainingStage, holder: Holder | None):
         self.stage, self.holder = stage, holder
-        super().__init__(f"training {stage.keys.digest} is being trained by {holder.describe()}")
+        by = holder.describe() if holder is not None else "another process"
+        super().__init__(f"training {stage.keys.digest} is being trained by {by}")
 
 
 def stored_summary(stage: TrainingStage, store: Store) -> dict[str, Any]:
@@ -41,14 +42,18 @@ def stored_summary(stage: TrainingStage, store: Store) -> dict[str, Any]:
     return json.loads(store.read_bytes(f"{stage.keys.adapter}/{TRAIN_SUMMARY}"))
 
 
-def _acquire(stage: TrainingStage, store: Store) -> tuple[bool, Lease | Holder | None]:
-    """(finished already, lease or live holder); in data-parallel runs rank 0 decides for every rank."""
+def _try_to_hold(stage: TrainingStage, store: Store) -> tuple[bool, bool, Lease | Holder | None]:
+    """(finished, held by this process group, the lease or live holder).
+
+    In data-parallel runs rank 0 alone talks to the lease and every rank learns its decision.
+    """
     finished = store.exists(stage.keys.success)
     outcome = None if finished or not distributed.is_main() else try_acquire(store, stage.keys)
+    held = isinstance(outcome, Lease)
     if distributed.world_size() > 1:
-        held, done = distributed.total([int(isinstance(outcome, Lease)), int(finished)])
-        return bool(done), outcome if distributed.is_main() else (Lease.__new__(Lease) if held else None)
-    return finished, outcome
+        held_count, finished_count = distributed.total([int(held), int(finished)])
+        held, finished = held_count > 0, finished_count > 0
+    return finished, held, outcome
 
 
 def ensure_trained(stage: TrainingStage, store: Store, wait: bool = True) -> dict[str, Any]:
@@ -61,20 +66,22 @@ def ensure_trained(stage: TrainingStage, store: Store, wait: bool = True) -> dic
     poll = min(30.0, expiry_seconds() / 4)
     announced = False
     while True:
-        finished, outcome = _acquire(stage, store)
+        finished, held, outcome = _try_to_hold(stage, store)
         if finished:
             log(f"training {stage.keys.digest} already done; reusing its weights")
             return stored_summary(stage, store)
-        if isinstance(outcome, Lease) or (outcome is None and not distributed.is_main()):
+        if held:
+            lease = outcome if isinstance(outcome, Lease) else None
             try:
-                return _train(stage, store, outcome if isinstance(outcome, Lease) else None)
+                return _train(stage, store, lease)
             finally:
-                if isinstance(outcome, Lease) and hasattr(outcome, "_thread"):
-                    outcome.release()
+                if lease is not None:
+                    lease.release()
+        holder = outcome if isinstance(outcome, Holder) else None
         if not wait:
-            raise TrainingBusy(stage, outcome)
+            raise TrainingBusy(stage, holder)
         if not announced:
-            log(f"training {stage.keys.digest} is being trained by {outcome.describe()}; waiting for it")
+            log(f"{TrainingBusy(stage, holder)}; waiting for it")
             announced = True
         time.sleep(poll)
 
