@@ -19,9 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from runner.atomic import write_atomic  # noqa: E402
 from runner.cli import main  # noqa: E402
+from runner.context import build_context  # noqa: E402
 from runner.data.synthetic import write_synthetic  # noqa: E402
 from runner.manifest import load_manifest  # noqa: E402
-from runner.run import plan  # noqa: E402
 from tiny_models import save_tiny_model  # noqa: E402
 
 DATASETS = ["synthetic_yes_no", "synthetic_multiple_choice", "synthetic_extractive", "synthetic_abstractive"]
@@ -60,7 +60,7 @@ def main_smoke(out: Path) -> int:
             code = main(["run", str(manifest), "--storage", str(root / "runs")])
             row = {"family": family, "method": label, "exit": code, "seconds": round(time.perf_counter() - started, 2)}
             if code == 0:
-                _, keys, _ = plan(load_manifest(manifest), str(root / "runs"))
+                keys = build_context(load_manifest(manifest), str(root / "runs")).keys  # the evaluation's keys
                 metrics = json.loads((root / "runs" / keys.metrics).read_text())
                 provenance = json.loads((root / "runs" / keys.provenance).read_text())
                 train = metrics.get("train", {})

@@ -19,10 +19,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO
-from runner.manifest import load_manifest
+from conftest import REPO, stage_folders
 from runner.preemption import EXIT_PREEMPTED
-from runner.run import plan
 
 DOCKERFILES = [REPO / "docker" / "Dockerfile", REPO / "docker" / "Dockerfile.cpu"]
 BIN = Path(sys.executable).parent
@@ -63,9 +61,9 @@ def image_env(dockerfile: Path, tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def _run_folder(manifest: Path, env: dict[str, str]) -> Path:
-    _, keys, _ = plan(load_manifest(manifest), env["QABENCH_STORAGE"])
-    return Path(env["QABENCH_STORAGE"]) / keys.prefix
+def _stage_folders(manifest: Path, env: dict[str, str]) -> tuple[Path, Path | None]:
+    """(evaluation folder, training folder or None) of a manifest run in the image's storage."""
+    return stage_folders(manifest, Path(env["QABENCH_STORAGE"]))
 
 
 @pytest.fixture
@@ -81,8 +79,9 @@ def test_entrypoint_exit_codes_tell_an_orchestrator_done_user_error_or_retry(con
 
     first = subprocess.run([*command, str(good)], env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-2000:]
-    assert (_run_folder(good, env) / "_SUCCESS").is_file()
-    provenance = json.loads((_run_folder(good, env) / "provenance.json").read_text())
+    evaluation, _ = _stage_folders(good, env)
+    assert (evaluation / "_SUCCESS").is_file()
+    provenance = json.loads((evaluation / "provenance.json").read_text())
     assert provenance["git_sha"] == env["QABENCH_GIT_SHA"], "the SHA baked into the image is what provenance records"
     # Not on a terminal: plain timestamped lines, no progress-bar escapes.
     assert first.stdout and "\x1b[" not in first.stdout
@@ -117,28 +116,29 @@ def test_sigterm_during_training_saves_a_checkpoint_and_the_retry_resumes_from_i
     command, env = container
     train = {"steps": 60, "batch_size": 2, "learning_rate": 1e-3, "save_steps": 1000, "logging_steps": 1, "heldout_examples": 0}
     manifest = tiny_manifest("container-preempted-training", method={"kind": "lora", "r": 4, "alpha": 8, "target_modules": "attention"}, train=train)
-    run = _run_folder(manifest, env)
+    evaluation, training = _stage_folders(manifest, env)
     process = subprocess.Popen([*command, str(manifest)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(lambda: (run / "train_log.jsonl").is_file() and len((run / "train_log.jsonl").read_text().splitlines()) >= 3, process)
+    _wait_for(lambda: (training / "train_log.jsonl").is_file() and len((training / "train_log.jsonl").read_text().splitlines()) >= 3, process)
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=240)
     assert process.returncode == EXIT_PREEMPTED, stderr[-2000:]
     assert "SIGTERM" in stderr and "Traceback" not in stderr
-    [checkpoint] = (run / "checkpoints").glob("checkpoint-*")
+    [checkpoint] = (training / "checkpoints").glob("checkpoint-*")
     assert (checkpoint / "qabench_complete").is_file(), "the checkpoint written on SIGTERM is complete"
-    assert not (run / "_SUCCESS").exists() and not (run / "adapter").exists()
+    assert not (training / "_SUCCESS").exists() and not (training / "adapter").exists()
+    assert not (evaluation / "_SUCCESS").exists()
 
     retry = subprocess.run([*command, str(manifest)], env=env, capture_output=True, text=True, timeout=600)
     assert retry.returncode == 0, retry.stderr[-2000:]
     assert f"resuming training from {checkpoint.name}" in retry.stdout
-    assert (run / "_SUCCESS").is_file()
+    assert (training / "_SUCCESS").is_file() and (evaluation / "_SUCCESS").is_file()
 
 
 def test_sigterm_during_generation_keeps_finished_shards_and_the_retry_matches_an_uninterrupted_run(container, tiny_manifest, tmp_path):
     command, env = container
     decoding = {"kind": "greedy", "batch_size": 1, "max_new_tokens": 24, "stop": []}
     manifest = tiny_manifest("container-preempted-generation", decoding=decoding, eval={"shard_size": 1})
-    run = _run_folder(manifest, env)
+    run, _ = _stage_folders(manifest, env)
     process = subprocess.Popen([*command, str(manifest)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(lambda: (run / "predictions" / "shard-00000.parquet").is_file(), process)
     process.send_signal(signal.SIGTERM)
@@ -156,4 +156,4 @@ def test_sigterm_during_generation_keeps_finished_shards_and_the_retry_matches_a
         shards = sorted((folder / "predictions").glob("*.parquet"))
         return [r for s in shards for r in pq.read_table(s, columns=["id", "raw_output", "output_tokens"]).to_pylist()]
 
-    assert answers(run) == answers(_run_folder(manifest, reference)) and len(answers(run)) == 24
+    assert answers(run) == answers(_stage_folders(manifest, reference)[0]) and len(answers(run)) == 24

@@ -12,13 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import REPO, SYNTHETIC, write_manifest
+from conftest import REPO, SYNTHETIC, stage_folders, write_manifest
 from runner.cli import main
 from runner.errors import UserError
 from runner.manifest import load_manifest
 from runner.methods import METHODS, MethodContext
 from runner.models import load_tokenizer
-from runner.run import plan
 
 FAMILIES = ("llama", "gemma", "mistral")
 RANK = 4
@@ -84,7 +83,7 @@ def expected_trainable(kind: str, config) -> int:
 
 
 def _capture_models(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """Record every model the runner generates with (the in-memory trained one, or the reloaded one)."""
+    """Record every model the runner generates with (the base, or the stored training loaded onto a fresh base)."""
     import runner.generate
 
     seen: list[Any] = []
@@ -96,6 +95,21 @@ def _capture_models(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
         return original(model, *args, **kwargs)
 
     monkeypatch.setattr(runner.generate, "generate_batch", recording)
+    return seen
+
+
+def _capture_trained(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Record every model the runner fine-tunes in place; evaluation never generates with it (it reloads the stored weights)."""
+    import runner.train
+
+    seen: list[Any] = []
+    original = runner.train.train
+
+    def recording(model, *args, **kwargs):
+        seen.append(model)
+        return original(model, *args, **kwargs)
+
+    monkeypatch.setattr(runner.train, "train", recording)
     return seen
 
 
@@ -130,9 +144,9 @@ def _train_and_reload(folder: Path, data: Path, model: Path, name: str, method: 
     )
     storage = folder / "runs"
     loaded = load_manifest(manifest)
-    run = storage / plan(loaded, str(storage))[1].prefix
+    run, _ = stage_folders(manifest, storage)
     with pytest.MonkeyPatch.context() as patch:
-        models = _capture_models(patch)
+        models, trained_models = _capture_models(patch), _capture_trained(patch)
         assert main(["run", str(manifest), "--storage", str(storage)]) == 0
         trained = _predictions(run)
         metrics = json.loads((run / "metrics.json").read_text())
@@ -141,16 +155,18 @@ def _train_and_reload(folder: Path, data: Path, model: Path, name: str, method: 
         (run / "metrics.json").unlink()
         (run / "_SUCCESS").unlink()
         assert main(["run", str(manifest), "--storage", str(storage)]) == 0
-    assert len(models) == 2, "generation saw the trained model, then the reloaded one"
+    assert len(trained_models) == 1, "the rerun reused the stored training"
+    assert len(models) == 2, "each run generated with its own reload of the stored weights"
     base = load_model(loaded)
     tokenizer = base.tokenizer
     result = {
         "trained_predictions": trained,
         "reloaded_predictions": _predictions(run),
-        "trained_logits": _probe_logits(models[0], tokenizer),
+        # eval(): the trainer leaves the model in training mode, with dropout active.
+        "trained_logits": _probe_logits(trained_models[0].eval(), tokenizer),
         "reloaded_logits": _probe_logits(models[1], tokenizer),
         "base_logits": _probe_logits(base.model, tokenizer),
-        "trainable": count_parameters(models[0])[0],
+        "trainable": count_parameters(trained_models[0])[0],
         "config": base.model.config,
         "metrics": metrics,
         "layer_types": {type(m).__name__ for m in models[0].modules()},
@@ -239,7 +255,7 @@ def test_adalora_prunes_ranks_to_the_budget_and_reallocates_every_optimizer_step
     assert calls == list(range(steps)), "peft's step index: 0 for the first optimizer step"
 
     loaded = load_manifest(manifest)
-    adapter = storage / plan(loaded, str(storage))[1].prefix / "adapter"
+    adapter = stage_folders(manifest, storage)[1] / "adapter"
     pattern = json.loads((adapter / "rank_pattern.json").read_text())
     matrices = len(pattern)
     assert matrices == 2 * 4  # two layers × q, k, v, o
@@ -265,20 +281,20 @@ def test_adalora_resumes_from_a_checkpoint_taken_while_pruning(tiny_manifest, tm
     )
     storage = tmp_path / "runs"
     assert main(["run", str(manifest), "--storage", str(storage)]) == 0
-    run = storage / plan(load_manifest(manifest), str(storage))[1].prefix
-    checkpoint = run / "checkpoints" / "checkpoint-4"
+    evaluation, training = stage_folders(manifest, storage)
+    checkpoint = training / "checkpoints" / "checkpoint-4"
     with safe_open(checkpoint / "adapter_model.safetensors", "pt") as saved:
         ranks = {saved.get_slice(k).get_shape()[0] for k in saved.keys() if "lora_E" in k}
     assert ranks == {4}, "checkpoints keep the full-size matrices training goes on with"
     assert (checkpoint / "rank_pattern.json").is_file()
     # Killed after step 5: the adapter, step 6 and everything after training are missing.
-    for name in ("adapter", "predictions", "checkpoints/checkpoint-6"):
-        shutil.rmtree(run / name)
-    for name in ("metrics.json", "_SUCCESS"):
-        (run / name).unlink()
+    for folder in (training / "adapter", evaluation / "predictions", training / "checkpoints" / "checkpoint-6"):
+        shutil.rmtree(folder)
+    for file in (training / "_SUCCESS", evaluation / "metrics.json", evaluation / "_SUCCESS"):
+        file.unlink()
     assert main(["run", str(manifest), "--storage", str(storage)]) == 0
-    assert json.loads((run / "metrics.json").read_text())["train"]["steps"] == 6
-    pattern = json.loads((run / "adapter" / "rank_pattern.json").read_text())
+    assert json.loads((evaluation / "metrics.json").read_text())["train"]["steps"] == 6
+    pattern = json.loads((training / "adapter" / "rank_pattern.json").read_text())
     assert sum(sum(mask) for mask in pattern.values()) <= 2 * len(pattern)
 
 
@@ -300,7 +316,7 @@ def test_mergeable_adapters_are_folded_into_the_base_for_evaluation_without_chan
         with pytest.MonkeyPatch.context() as patch:
             models = _capture_models(patch)
             assert main(["run", str(manifest), "--storage", str(tmp_path / "runs")]) == 0
-        run = tmp_path / "runs" / plan(load_manifest(manifest), str(tmp_path / "runs"))[1].prefix
+        run, _ = stage_folders(manifest, tmp_path / "runs")
         tokenizer = load_tokenizer(str(load_manifest(manifest).resolve(load_manifest(manifest).manifest.model.path)))
         outcomes[merge] = (models[0], _predictions(run), json.loads((run / "metrics.json").read_text()), _probe_logits(models[0], tokenizer))
     (unmerged, unmerged_answers, unmerged_metrics, unmerged_logits), (merged, merged_answers, merged_metrics, merged_logits) = outcomes[False], outcomes[True]
