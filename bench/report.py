@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.synthetic_runs import FORMATS, SyntheticRun, eval_examples, write_run  # noqa: E402
+from runner.atomic import write_atomic  # noqa: E402
 
 # 50,000 examples × 20 runs = 1,000,000 predictions; 1,000 per shard → 1,000 shards.
 EXAMPLES_PER_DATASET = 6250

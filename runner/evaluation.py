@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from runner import distributed, preemption
+from runner import preemption
 from runner.console import log, progress
 from runner.context import RunContext
 from runner.errors import StorageError, UserError
@@ -189,8 +189,3 @@ def rescore_if_asked(context: RunContext) -> None:
     store.write_bytes(keys.manifest, yaml.safe_dump(stored, sort_keys=False).encode())
     store.write_bytes(keys.metrics, json.dumps({**previous, **recomputed}, indent=2).encode())
     log(f"already complete; rescored with {', '.join(metrics)}: {context.location}")
-
-
-def share_of(todo: list[int]) -> list[int]:
-    """This process's shards when several data-parallel processes evaluate together."""
-    return distributed.share(todo)

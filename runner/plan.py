@@ -7,12 +7,12 @@ so a grid whose manifests share trainings starts each training once, first.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from runner.checkpoints import newest_stored_checkpoint
-from runner.context import TrainingStage, identify, read_data
+from runner.context import DataRead, TrainingStage, identify, read_data
 from runner.decoding import DECODINGS
 from runner.errors import InfraError, UserError
 from runner.identity import request_key, training_request
@@ -86,8 +86,8 @@ class Plan:
             "storage": list(self.storage),
             "counts": {"trainings": len(self.trainings), "evaluations": len(self.evaluations), **self.counts()},
             "unresolved": list(self.unresolved),
-            "trainings": [training.__dict__ | {"trained_by": list(training.trained_by), "drafts_for": list(training.drafts_for)} for training in self.trainings],
-            "evaluations": [evaluation.__dict__ for evaluation in self.evaluations],
+            "trainings": [asdict(training) for training in self.trainings],
+            "evaluations": [asdict(evaluation) for evaluation in self.evaluations],
         }
 
     def counts(self) -> dict[str, dict[str, int]]:
@@ -142,6 +142,15 @@ def _draft_manifest(loaded: LoadedManifest, check_files: bool) -> LoadedManifest
     return load_manifest(loaded.resolve(spec.manifest), check_files=check_files)
 
 
+def _resolved(loaded: LoadedManifest) -> tuple[Any, str | None]:
+    """(identify's stages and keys plus the data read, None) or (None, why they cannot be resolved here)."""
+    try:
+        data = read_data(loaded)
+        return (*identify(loaded, data), data), None
+    except (UserError, InfraError) as exc:
+        return None, str(exc).splitlines()[0]
+
+
 def build_plan(manifests: list[LoadedManifest], storage: str | None, resolve: bool = True) -> Plan:
     """The stage graph of `manifests`; with `resolve`, identities from data, hub and storage.
 
@@ -150,12 +159,13 @@ def build_plan(manifests: list[LoadedManifest], storage: str | None, resolve: bo
     """
     stores: dict[str, Store] = {}
     trainings: dict[str, _Training] = {}
-    evaluations: list[tuple[LoadedManifest, RunKeys | None, Store | None, Any]] = []
+    evaluations: list[PlannedEvaluation] = []
     reasons: list[str] = []
 
-    def note(key: str, what: str, stage: TrainingStage | None, store: Store | None) -> _Training:
+    def use(key: str, what: str, stage: TrainingStage | None, store: Store | None) -> _Training:
         return trainings.setdefault(key, _Training(key, what, stage, store))
 
+    resolutions = []
     for loaded in manifests:
         shown = str(loaded.path)
         store = None
@@ -164,47 +174,39 @@ def build_plan(manifests: list[LoadedManifest], storage: str | None, resolve: bo
             if uri not in stores:
                 stores[uri] = open_store(uri or None)  # an unreachable store is exit 3, naming the endpoint
             store = stores[uri]
-        try:
-            if not resolve:
-                raise _NotResolving
-            data = read_data(loaded)
-            training, draft, keys = identify(loaded, data)
-        except (_NotResolving, UserError, InfraError) as exc:
-            if not isinstance(exc, _NotResolving):
-                reason = str(exc).splitlines()[0]
-                if reason not in reasons:
-                    reasons.append(reason)
+        resolved, reason = _resolved(loaded) if resolve else (None, None)
+        if reason and reason not in reasons:
+            reasons.append(reason)
+        if resolved is None:
             key = _unresolved_training_key(loaded)
             if key is not None:
-                note(key, _what(loaded), None, None).trained_by.append(shown)
+                use(key, _what(loaded), None, None).trained_by.append(shown)
             draft_loaded = _draft_manifest(loaded, check_files=resolve)
             draft_key = _unresolved_training_key(draft_loaded) if draft_loaded is not None else None
             if draft_key is not None:
-                note(draft_key, _what(draft_loaded), None, None).drafts_for.append(shown)
-            evaluations.append((loaded, None, None, (key, draft_key, None)))
+                use(draft_key, _what(draft_loaded), None, None).drafts_for.append(shown)
+            resolutions.append((loaded, None, None, key, draft_key, None))
             continue
+        training, draft, keys, data = resolved
         if training is not None:
-            note(training.keys.digest, _what(loaded), training, store).trained_by.append(shown)
+            use(training.keys.digest, _what(loaded), training, store).trained_by.append(shown)
         draft_training = draft.training if draft is not None else None
         if draft_training is not None:
-            note(draft_training.keys.digest, _what(draft_training.loaded), draft_training, store).drafts_for.append(shown)
-        evaluations.append((loaded, keys, store, (training.keys.digest if training else None, draft_training.keys.digest if draft_training else None, data)))
+            use(draft_training.keys.digest, _what(draft_training.loaded), draft_training, store).drafts_for.append(shown)
+        resolutions.append((loaded, keys, store, training.keys.digest if training else None, draft_training.keys.digest if draft_training else None, data))
 
     planned_trainings = []
     for training in trainings.values():
         state, detail = _training_status(training.stage, training.store)
         planned_trainings.append(PlannedTraining(training.key, training.what, tuple(training.trained_by), tuple(training.drafts_for), state, detail))
     states = {training.key: training.state for training in planned_trainings}
-    planned_evaluations = [_evaluation(loaded, keys, store, extra, states) for loaded, keys, store, extra in evaluations]
-    return Plan(tuple(planned_trainings), tuple(planned_evaluations), tuple(s.uri for s in stores.values()), tuple(reasons))
+    evaluations = [_evaluation(*resolution, states) for resolution in resolutions]
+    return Plan(tuple(planned_trainings), tuple(evaluations), tuple(s.uri for s in stores.values()), tuple(reasons))
 
 
-class _NotResolving(Exception):
-    """Planning from manifest fields only (`--schedule`)."""
-
-
-def _evaluation(loaded: LoadedManifest, keys: RunKeys | None, store: Store | None, extra: tuple, states: dict[str, str]) -> PlannedEvaluation:
-    training, draft_training, data = extra
+def _evaluation(
+    loaded: LoadedManifest, keys: RunKeys | None, store: Store | None, training: str | None, draft_training: str | None, data: DataRead | None, states: dict[str, str]
+) -> PlannedEvaluation:
     name = loaded.manifest.name
     if keys is None or store is None:
         return PlannedEvaluation(str(loaded.path), name, None, training, draft_training, UNKNOWN)

@@ -29,7 +29,6 @@ from runner.evaluation import (
     record_provenance,
     record_start,
     rescore_if_asked,
-    share_of,
     shard_count,
     write_metrics,
 )
@@ -87,7 +86,7 @@ def evaluate(context: RunContext) -> None:
     target = load_evaluated_model(context)
     if distributed.is_main():
         record_provenance(context, target.device)
-    mine = share_of(todo)
+    mine = distributed.share(todo)  # every N-th missing shard for each of N data-parallel processes
     if mine:
         generate_shards(context, target, mine)
 

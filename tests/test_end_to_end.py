@@ -14,7 +14,6 @@ import pytest
 from analysis.cli import main as analysis_main
 from runner.cli import main
 from runner.manifest import load_manifest
-from runner.paths import RunKeys
 from conftest import stage_folders
 
 REPO = Path(__file__).resolve().parent.parent

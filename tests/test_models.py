@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
-import pytest
 
 from runner.cli import main
 from runner.manifest import load_manifest
@@ -18,7 +16,8 @@ def test_packaged_smollm2_converts_once_into_a_plain_saved_model(tiny_manifest, 
     folders = list(model_cache_dir().iterdir())
     assert len(folders) == 1 and (folders[0] / "config.json").is_file()
     assert "quantization_config" not in (folders[0] / "config.json").read_text(), "loads like any saved model"
-    assert loaded.identity["source"] == "package:smollm2-135m" and len(loaded.identity["gguf_sha256"]) == 64
+    identity = loaded.identity.as_dict()
+    assert identity["source"] == "package:smollm2-135m" and len(identity["gguf_sha256"]) == 64
     assert loaded.model.config.model_type == "llama" and loaded.tokenizer.padding_side == "left"
 
     import torch
