@@ -18,7 +18,9 @@ BASELINE_DECODING = "greedy"
 
 # Manifest sections that do not change what a run computes for a given decoding strategy; the
 # remaining ones (model, data, method, train, icl) must match for a run to be another's baseline.
-_NOT_IDENTITY = ("name", "description", "output", "decoding", "eval")
+# `stages` names the trainings used: the run's own follows from model, method and train, and a
+# draft's training belongs to the decoding.
+_NOT_IDENTITY = ("name", "description", "output", "decoding", "eval", "stages")
 
 
 @dataclass(frozen=True)
