@@ -316,3 +316,17 @@ def test_just_grid_runs_a_folder_in_the_plans_order_and_trains_shared_training_o
     assert order == [str(greedy), str(zero_shot), str(sampled)]
     assert result.stdout.count("trained 4 steps") == 1 and "already done; reusing its weights" in result.stdout
     assert "3 manifest(s), 0 failed" in result.stdout
+
+
+def test_draft_manifest_mistakes_are_reported_at_the_draft_line(tiny_manifest, capsys):
+    speculative = {"kind": "speculative", "batch_size": 1, "max_new_tokens": 6}
+    looping = tiny_manifest("drafts-with-itself", decoding={**speculative, "draft": {"manifest": "drafts-with-itself.yaml"}})
+    missing = tiny_manifest("drafts-with-nothing", decoding={**speculative, "draft": {"manifest": "no-such.yaml"}})
+    both = tiny_manifest("drafts-twice", decoding={**speculative, "draft": {"manifest": "x.yaml", "path": "y"}})
+    assert main(["validate", str(looping), str(missing), str(both)]) == 2
+    err = capsys.readouterr().err
+    line = next(i for i, text in enumerate(looping.read_text().splitlines(), 1) if "manifest: drafts-with-itself.yaml" in text)
+    assert f"{looping}:{line}: decoding.draft.manifest: " in err and "drafts with itself" in err
+    assert f"{missing}:" in err and "no-such.yaml: no such manifest" in err
+    assert "set exactly one of hub, path, package, manifest (got path, manifest)" in err
+    assert "Traceback" not in err
