@@ -330,3 +330,20 @@ def test_draft_manifest_mistakes_are_reported_at_the_draft_line(tiny_manifest, c
     assert f"{missing}:" in err and "no-such.yaml: no such manifest" in err
     assert "set exactly one of hub, path, package, manifest (got path, manifest)" in err
     assert "Traceback" not in err
+
+
+def test_run_of_several_manifests_does_other_work_while_a_training_is_held_elsewhere(tiny_manifest, tmp_path, monkeypatch, capsys):
+    held = tiny_manifest("held-elsewhere", method=LORA)
+    free = tiny_manifest("free-to-run")
+    storage = tmp_path / "runs"
+    _, training = _prefixes(held, str(storage))
+    lease = storage / training / "lease" / "00000001.json"
+    lease.parent.mkdir(parents=True)
+    # A live holder on another host; it dies (stops renewing) and its lease runs out in a few seconds.
+    lease.write_text(json.dumps({"holder": "pod-7:12:abcd", "generation": 1, "expires_at": time.time() + 6}))
+    monkeypatch.setenv("QABENCH_LEASE_SECONDS", "4")
+    assert main(["run", str(held), str(free), "--storage", str(storage)]) == 0
+    out = capsys.readouterr().out
+    deferred, finished_free = out.index("running the other manifests first"), out.index("run free-to-run")
+    assert deferred < finished_free < out.index("waiting for it") < out.index("taking over")
+    assert (storage / training / "_SUCCESS").is_file() and (storage / training / "lease" / "00000002.json").is_file()
