@@ -23,13 +23,14 @@ def _is_grid(path: Path) -> bool:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from runner.manifest import check_manifest, fetch_command, manifest_files, unfetched_data
+    from runner.manifest import check_manifest, fetch_command, manifest_files, shot_notes, unfetched_data
 
     files = manifest_files([Path(p) for p in args.paths])
     missing = [p for p in args.paths if not Path(p).exists()]
     problems = [f"{p}: no such file or folder" for p in missing]
     grids = [f for f in files if f.exists() and _is_grid(f)]
     unfetched: set[Path] = set()
+    notes: list[str] = []
     for grid in grids:
         from runner.grid import expand
 
@@ -43,6 +44,7 @@ def _validate(args: argparse.Namespace) -> int:
             loaded, found = check_manifest(file)
             problems += [str(p) for p in found]
             unfetched.update(unfetched_data(loaded) if loaded else [])
+            notes += shot_notes(loaded) if loaded else []
     for line in problems:
         error(line)
     if not files and not missing:
@@ -52,6 +54,8 @@ def _validate(args: argparse.Namespace) -> int:
         return 2
     if unfetched:
         error(f"note: {len(unfetched)} UnifiedQA file(s) not fetched yet; before running: {fetch_command(sorted(unfetched))}")
+    for note in notes:
+        error(f"note: {note}")
     grid_note = f" and {len(grids)} grid(s)" if grids else ""
     print(f"{len(manifests)} manifest(s){grid_note} valid")
     return 0

@@ -161,9 +161,22 @@ def write_metrics(context: RunContext, train_summary: dict[str, Any] | None) -> 
     }
     if train_summary is not None:
         metrics["train"] = train_summary
+    metrics["icl"] = shots_used(table, manifest.icl.shots)
     store.write_bytes(keys.checksums, json.dumps({"sha256": checksums}, indent=2, sort_keys=True).encode())
     store.write_bytes(keys.metrics, json.dumps(metrics, indent=2).encode())
     return metrics
+
+
+def shots_used(table, requested: int) -> dict[str, Any]:
+    """How many shots the prompts really held: a small pool or the context fit can give fewer than asked."""
+    used = table.column("n_shots").to_pylist()
+    short = sum(1 for n in used if n < requested)
+    return {
+        "shots_requested": requested,
+        "rows_with_fewer_shots": short,
+        "shots_used_min": min(used) if used else None,
+        "shots_used_mean": sum(used) / len(used) if used else None,
+    }
 
 
 def mark_complete(context: RunContext, metrics: dict[str, Any]) -> None:

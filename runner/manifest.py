@@ -6,6 +6,7 @@ Importing this module must stay cheap (no torch): `runner validate` runs in a se
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from dataclasses import dataclass
@@ -385,6 +386,63 @@ def _data_problems(loaded: LoadedManifest, index: LineIndex, shown: str) -> list
     return problems
 
 
+@functools.lru_cache(maxsize=256)
+def _parsed_count(path: Path, size: int, mtime_ns: int, dataset: str, split: str, data_format: str) -> tuple[int, tuple[Problem, ...]]:
+    """(examples, problems) of one data file, parsed once per process (keyed by size and mtime)."""
+    from runner.errors import DataError
+    from runner.readers import parse_split
+
+    try:
+        return len(parse_split(path.read_bytes(), path, dataset, split, data_format, None)), ()
+    except DataError as exc:
+        return 0, tuple(exc.problems)
+    except OSError as exc:
+        return 0, (Problem(f"cannot read: {exc.strerror}", str(path)),)
+
+
+def train_pool_sizes(loaded: LoadedManifest) -> tuple[dict[str, int], list[Problem]]:
+    """Train examples each dataset offers as shots (after max_train_examples), and the train files' problems.
+
+    Only for manifests that draw shots and whose train files are on disk (empty otherwise)."""
+    data = loaded.manifest.data
+    if not loaded.manifest.icl.shots:
+        return {}, []
+    sizes, problems = {}, []
+    for dataset in data.datasets:
+        file = loaded.data_file(dataset, data.train_split)
+        if not file.is_file():
+            return {}, []
+        stat = file.stat()
+        count, found = _parsed_count(file, stat.st_size, stat.st_mtime_ns, dataset, data.train_split, data.format)
+        problems += found
+        sizes[dataset] = count if data.max_train_examples is None else min(count, data.max_train_examples)
+    return sizes, problems
+
+
+def shot_notes(loaded: LoadedManifest) -> list[str]:
+    """Datasets whose queries will get fewer shots than asked (per_dataset draws from a small pool)."""
+    icl = loaded.manifest.icl
+    if icl.strategy != "per_dataset":
+        return []
+    sizes, _ = train_pool_sizes(loaded)
+    return [
+        f"{loaded.path}: icl.shots: {dataset} has {size} train example(s), so its queries get {size} shot(s), not {icl.shots}; "
+        "each prediction records the shots it got (n_shots) and metrics.json counts the short rows"
+        for dataset, size in sizes.items()
+        if size < icl.shots
+    ]
+
+
+def _shot_problems(loaded: LoadedManifest, index: LineIndex, shown: str) -> list[Problem]:
+    """The train split holds at least as many examples as shots (the evaluated questions are never in it)."""
+    sizes, problems = train_pool_sizes(loaded)
+    shots = loaded.manifest.icl.shots
+    if sizes and not problems and shots > sum(sizes.values()):
+        line, field = index.locate(("icl", "shots"))
+        problems.append(Problem(f"{shots} shots need at least as many train examples; the train split has {sum(sizes.values())}", shown, line, field))
+    return problems
+
+
 def _folder_problem(loaded: LoadedManifest, relative: str, marker: tuple[str, ...], what: str) -> str | None:
     folder = loaded.resolve(relative)
     if any((folder / name).is_file() for name in marker):
@@ -443,6 +501,7 @@ def _check(path: Path, check_files: bool, seen: frozenset[Path]) -> tuple[Loaded
     loaded = LoadedManifest(manifest=manifest, path=path.resolve())
     if check_files:
         problems += _model_problems(loaded, index, shown, seen | {loaded.path}) + _data_problems(loaded, index, shown)
+        problems += [] if problems else _shot_problems(loaded, index, shown)
     return (None if problems else loaded), problems
 
 
