@@ -253,10 +253,16 @@ def build_parser() -> argparse.ArgumentParser:
     k8s.set_defaults(handler=_k8s)
 
     data = commands.add_parser("data", help="get or make UnifiedQA-format data").add_subparsers(dest="data_command", required=True)
-    fetch = data.add_parser("fetch", help="download official UnifiedQA TSVs")
-    fetch.add_argument("datasets", nargs="+")
-    fetch.add_argument("--to", required=True, help="folder; files land in <to>/<dataset>/<split>.tsv")
-    fetch.add_argument("--splits", nargs="+", default=["train", "dev"])
+    from runner.data.example import official_datasets_help
+
+    fetch = data.add_parser(
+        "fetch", help="download official UnifiedQA TSVs (and SQuAD dev's gold answers)",
+        description="Download official UnifiedQA splits; files already present are kept.",
+        epilog=official_datasets_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    fetch.add_argument("datasets", nargs="+", help="dataset folder names, listed below")
+    fetch.add_argument("--to", required=True, help="folder; files land in <to>/<dataset>/<split>.tsv, answers as <split>_ans.jsonl")
+    fetch.add_argument("--splits", nargs="+", help="splits to fetch (default: train and dev)")
     fetch.add_argument("--base-url", help="mirror of https://storage.googleapis.com/unifiedqa/data")
     fetch.set_defaults(handler=_data_fetch)
     synth = data.add_parser("synth", help="write the deterministic synthetic datasets")

@@ -19,7 +19,7 @@ from runner.methods import METHODS, Method
 from runner.model_spec import DraftSpec, ModelSpec
 from runner.models import ModelIdentity, folder_sha256, identify_model
 from runner.paths import RunKeys, TrainingKeys
-from runner.readers import parse_split
+from runner.readers import answers_file, parse_split
 from runner.storage import Store, open_store
 
 
@@ -36,16 +36,26 @@ class DataRead:
 
 def _read_split(loaded: LoadedManifest, files: list[Path], split: str, limit: int | None, parse: bool) -> tuple[dict[str, str], list[Example]]:
     hashes, examples, problems = {}, [], []
+    data_format = loaded.manifest.data.format
     for file in files:
+        beside, answers = answers_file(file, data_format), None
         try:
             data = file.read_bytes()
+            if beside is not None:
+                try:
+                    answers = beside.read_bytes()
+                except FileNotFoundError:
+                    pass  # optional: without it the split's own targets are the references
         except OSError as exc:
-            problems.append(Problem(f"cannot read: {exc.strerror}", str(file)))
+            problems.append(Problem(f"cannot read: {exc.strerror}", exc.filename or str(file)))
             continue
         hashes[loaded.relative_data_name(file)] = hashlib.sha256(data).hexdigest()
+        if answers is not None:
+            # The gold answers are references: a changed answers file is changed data.
+            hashes[loaded.relative_data_name(beside)] = hashlib.sha256(answers).hexdigest()
         if parse:
             try:
-                examples += parse_split(data, file, file.parent.name, split, loaded.manifest.data.format, limit)
+                examples += parse_split(data, file, file.parent.name, split, data_format, limit, answers=answers)
             except DataError as exc:
                 problems += exc.problems  # every broken file is reported, not just the first
     if problems:

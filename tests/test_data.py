@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import socket
 import threading
 from pathlib import Path
@@ -13,18 +14,23 @@ import pytest
 from runner.data import (
     DATASET_FORMATS,
     FORMATS,
+    OFFICIAL_DATASETS,
     data_hash,
     fetch,
     format_of,
     load_split,
     parse_options,
+    parse_tsv,
     read_tsv,
     split_path,
     write_synthetic,
 )
+from runner.data.example import GROUPS
 from runner.errors import DataError, InfraError
 
 SEP = " \\n "  # the literal backslash-n UnifiedQA puts between input parts
+# Small files in the bucket's layout, <dataset>/<split>.tsv and <split>_ans.jsonl.
+OFFICIAL_FIXTURES = Path(__file__).parent / "fixtures" / "unifiedqa"
 
 
 def write(root: Path, dataset: str, split: str, content: str | bytes) -> Path:
@@ -132,10 +138,98 @@ def test_load_split_keeps_dataset_order_and_limits_each_dataset(tmp_path):
     assert [ex.id for ex in examples] == ["squad2/dev/0", "squad2/dev/1", "boolq/dev/0", "boolq/dev/1"]
 
 
-def test_unknown_dataset_is_data_error_listing_known_datasets():
-    with pytest.raises(DataError, match="known datasets: .*narrativeqa"):
+def test_unknown_dataset_is_data_error_suggesting_the_closest_and_listing_known_datasets():
+    suggestion = r"unknown dataset 'sqaud1_1' \(did you mean 'squad1_1'\?\); known datasets: .*narrativeqa"
+    with pytest.raises(DataError, match=suggestion):
         format_of("sqaud1_1")
-    assert len(DATASET_FORMATS) == 15 and set(DATASET_FORMATS.values()) == set(FORMATS)
+    with pytest.raises(DataError, match=r"^unknown dataset 'trivia'; known datasets: "):
+        format_of("trivia")  # nothing close: no suggestion
+    # 23 official folders (the paper's 20 datasets, ARC as two, and two AI2 science sets) + 4 synthetic.
+    assert len(DATASET_FORMATS) == 27 and set(DATASET_FORMATS.values()) == set(FORMATS)
+
+
+def test_every_official_dataset_has_a_format_a_group_and_bucket_splits():
+    for name, spec in OFFICIAL_DATASETS.items():
+        assert spec.format in FORMATS and DATASET_FORMATS[name] == spec.format, name
+        assert spec.group in GROUPS, name
+        assert {"train", "dev"} <= set(spec.splits) <= {"train", "dev", "test"}, name
+        assert set(spec.answer_splits) <= set(spec.splits), name
+    by_group = {group: {spec.title for spec in OFFICIAL_DATASETS.values() if spec.group == group} for group in GROUPS}
+    # The UnifiedQA paper's 8 seen + 12 unseen datasets; its ARC is our arc_easy and arc_hard.
+    assert len(by_group["training"] - {"ARC (easy)", "ARC (challenge)"}) + 1 == 8
+    assert len(by_group["held_out"]) == 12
+    assert {s.format for s in OFFICIAL_DATASETS.values() if s.group == "held_out"} == set(FORMATS)
+    assert {n for n, s in OFFICIAL_DATASETS.items() if s.answer_splits} == {"squad1_1", "squad2"}
+
+
+# ---------------------------------------------------------------- gold-answer files
+
+
+def squad_dev(tmp_path: Path, answers: list[object] | None, lines: list[str] | None = None) -> Path:
+    """Write squad1_1/dev.tsv (default: two questions) and, unless None, its dev_ans.jsonl."""
+    lines = lines or ["who ran?" + SEP + "ann ran home.\tann", "where to?" + SEP + "ann ran home.\thome"]
+    path = write(tmp_path, "squad1_1", "dev", "".join(line + "\n" for line in lines))
+    if answers is not None:
+        text = "".join((a if isinstance(a, str) else json.dumps(a)) + "\n" for a in answers)
+        (path.parent / "dev_ans.jsonl").write_text(text)
+    return path
+
+
+def test_answers_file_beside_the_split_gives_every_distinct_gold_answer_as_references(tmp_path):
+    path = squad_dev(tmp_path, [["ann", "Ann", " ann "], ["home", "ran home", "home"]])
+    examples = read_tsv(path, "squad1_1", "dev")
+    assert [ex.answers for ex in examples] == [("ann", "Ann"), ("home", "ran home")]
+    # Without the file the TSV target is the one reference.
+    (path.parent / "dev_ans.jsonl").unlink()
+    assert [ex.answers for ex in read_tsv(path, "squad1_1", "dev")] == [("ann",), ("home",)]
+
+
+def test_merged_duplicate_inputs_get_the_gold_answers_of_all_their_lines(tmp_path):
+    line = "who ran?" + SEP + "ann ran home."
+    path = squad_dev(tmp_path, [["ann"], ["Ann", "ann"]], [line + "\tann", line + "\tAnn"])
+    [ex] = read_tsv(path, "squad1_1", "dev")
+    assert ex.answers == ("ann", "Ann") and ex.line == 1
+
+
+def test_answers_file_with_other_line_count_is_reported_at_the_answers_file(tmp_path):
+    path = squad_dev(tmp_path, [["ann"]])
+    with pytest.raises(DataError) as info:
+        read_tsv(path, "squad1_1", "dev")
+    assert [str(p) for p in info.value.problems] == [
+        f"{path.parent / 'dev_ans.jsonl'}: 1 answer lines for the 2 lines of dev.tsv; UnifiedQA pairs them line by line"
+    ]
+
+
+def test_answers_file_whose_lines_lack_the_tsv_target_is_reported_as_not_belonging(tmp_path):
+    path = squad_dev(tmp_path, [["home"], ["ann"]])  # the lines swapped
+    with pytest.raises(DataError) as info:
+        read_tsv(path, "squad1_1", "dev")
+    assert [(p.file, p.line) for p in info.value.problems] == [(str(path), 1), (str(path), 2)]
+    assert "target 'ann' is not among the gold answers on line 1 of dev_ans.jsonl" in str(info.value)
+
+
+def test_a_thoroughly_misaligned_answers_file_is_summarised_after_five_lines(tmp_path):
+    lines = [f"q{i}?" + SEP + f"p{i}.\ta{i}" for i in range(9)]
+    path = squad_dev(tmp_path, [["other"]] * 9, lines)
+    with pytest.raises(DataError) as info:
+        read_tsv(path, "squad1_1", "dev")
+    assert len(info.value.problems) == 6
+    assert "and 4 more lines whose target is not among their gold answers" in str(info.value.problems[-1])
+
+
+def test_every_malformed_answers_line_is_reported_with_file_and_line(tmp_path):
+    path = squad_dev(tmp_path, ['["ann"', '{"a": 1}', "[]", '["home"]'], [])
+    answers = path.parent / "dev_ans.jsonl"
+    with pytest.raises(DataError) as info:
+        parse_tsv(path.read_bytes(), path, "squad1_1", "dev", answers=answers.read_bytes())
+    assert [(p.file, p.line) for p in info.value.problems] == [(str(answers), 1), (str(answers), 2), (str(answers), 3)]
+    assert "not JSON" in str(info.value) and "JSON list of answer strings" in str(info.value)
+
+
+def test_a_split_whose_targets_are_all_hidden_is_rejected(tmp_path):
+    path = OFFICIAL_FIXTURES / "commonsenseqa" / "test.tsv"
+    with pytest.raises(DataError, match="every target is '-': this split's labels are hidden"):
+        read_tsv(path, "commonsenseqa", "test")
 
 
 def test_data_hash_depends_on_bytes_and_order(tmp_path):
@@ -313,6 +407,8 @@ def test_fetch_skips_files_already_present_but_returns_them(server, tmp_path):
     base_url, requests = server
     to = tmp_path / "data"
     write(to, "boolq", "dev", "local\tcopy\n")
+    (to / "squad1_1").mkdir()
+    (to / "squad1_1/dev_ans.jsonl").write_text('["ann"]\n')
     first = fetch(["squad1_1", "boolq"], ["dev"], to, base_url=base_url, log=lambda _: None)
     second = fetch(["squad1_1", "boolq"], ["dev"], to, base_url=base_url, log=lambda _: None)
     assert first == second
@@ -324,20 +420,96 @@ def test_fetch_404_is_data_error_naming_every_missing_url(server, tmp_path):
     base_url, _ = server
     to = tmp_path / "data"
     with pytest.raises(DataError) as info:
-        fetch(["squad1_1", "boolq"], ["test"], to, base_url=base_url, log=lambda _: None)
-    assert f"{base_url}/squad1_1/test.tsv" in str(info.value)
-    assert f"{base_url}/boolq/test.tsv" in str(info.value)
+        fetch(["squad1_1", "boolq"], ["train"], to, base_url=base_url, log=lambda _: None)
+    assert f"{base_url}/squad1_1/train.tsv" in str(info.value)
+    assert f"{base_url}/boolq/train.tsv" in str(info.value)
     assert "404" in str(info.value)
     assert leftovers(to) == []
 
 
+def test_fetch_without_an_answers_file_on_the_server_notes_it_and_keeps_the_split(server, tmp_path):
+    base_url, requests = server
+    to = tmp_path / "data"
+    messages: list[str] = []
+    fetch(["squad1_1"], ["dev"], to, base_url=base_url, log=messages.append)
+    assert requests == ["/squad1_1/dev_ans.jsonl", "/squad1_1/dev.tsv"]
+    assert any(m.startswith(f"note: cannot download {base_url}/squad1_1/dev_ans.jsonl: HTTP 404") for m in messages)
+    assert leftovers(to) == ["squad1_1/dev.tsv"]
+
+
 def test_fetch_unknown_dataset_is_rejected_before_any_download(server, tmp_path):
     base_url, requests = server
-    with pytest.raises(DataError, match="unknown dataset 'squad3'"):
+    with pytest.raises(DataError, match=r"unknown dataset 'squad3' \(did you mean 'squad2'\?\)"):
         fetch(["squad1_1", "squad3"], ["dev"], tmp_path / "data", base_url=base_url, log=lambda _: None)
     with pytest.raises(DataError, match="generated locally"):
         fetch(["synthetic_yes_no"], ["dev"], tmp_path / "data", base_url=base_url, log=lambda _: None)
     assert requests == []
+
+
+def test_fetch_of_a_split_the_bucket_lacks_is_rejected_before_any_download(server, tmp_path):
+    base_url, requests = server
+    with pytest.raises(DataError) as info:
+        fetch(["narrativeqa", "squad1_1", "boolq"], ["test"], tmp_path / "data", base_url=base_url, log=lambda _: None)
+    assert [str(p) for p in info.value.problems] == [
+        "squad1_1 has no 'test' split in the UnifiedQA bucket; it has train, dev",
+        "boolq has no 'test' split in the UnifiedQA bucket; it has train, dev",
+    ]
+    assert requests == []
+
+
+@pytest.fixture
+def official_server(monkeypatch):
+    """A local HTTP server holding tests/fixtures/unifiedqa; yields (base URL, request log)."""
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    requests: list[str] = []
+    handler = type("Handler", (_Handler,), {"requests": requests, "release": threading.Event()})
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(handler, directory=str(OFFICIAL_FIXTURES))
+    )
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", requests
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_fetched_official_files_parse_with_each_datasets_format(official_server, tmp_path):
+    base_url, requests = official_server
+    datasets = sorted(p.name for p in OFFICIAL_FIXTURES.iterdir())
+    to = tmp_path / "data"
+    paths = fetch(datasets, ["dev"], to, base_url=base_url, log=lambda _: None)
+    assert paths == [split_path(to, d, "dev") for d in datasets]
+    answers = ["/squad1_1/dev_ans.jsonl", "/squad2/dev_ans.jsonl"]
+    assert sorted(requests) == sorted([f"/{d}/dev.tsv" for d in datasets] + answers)
+    for dataset in datasets:
+        examples = load_split(to, [dataset], "dev")
+        assert {ex.format for ex in examples} == {OFFICIAL_DATASETS[dataset].format}, dataset
+    # Quoref and NatQA repeat a question once per gold answer; the reader merges the lines.
+    assert [ex.answers for ex in load_split(to, ["quoref", "natural_questions_with_dpr_para"], "dev")] == [
+        ("Teo", "her brother Teo"), ("Ada Hollis", "Hollis"),
+    ]
+
+
+def test_fetched_squad_dev_examples_carry_every_gold_answer_of_the_answers_file(official_server, tmp_path):
+    base_url, _ = official_server
+    to = tmp_path / "data"
+    fetch(["squad1_1", "squad2"], ["dev"], to, base_url=base_url, log=lambda _: None)
+    assert leftovers(to) == ["squad1_1/dev.tsv", "squad1_1/dev_ans.jsonl", "squad2/dev.tsv", "squad2/dev_ans.jsonl"]
+    squad1, squad2 = load_split(to, ["squad1_1"], "dev"), load_split(to, ["squad2"], "dev")
+    assert [ex.answers for ex in squad1] == [
+        ("River Wend", "the River Wend"), ("1204", "in 1204"), ("a market town", "market town"),
+    ]
+    assert [ex.answers for ex in squad2] == [("<No Answer>",), ("River Wend", "the River Wend")]
+
+
+def test_fetch_without_splits_takes_train_and_dev(official_server, tmp_path):
+    base_url, requests = official_server
+    with pytest.raises(DataError, match="HTTP 404"):  # the fixtures hold no train files
+        fetch(["commonsenseqa"], None, tmp_path / "data", base_url=base_url, log=lambda _: None)
+    assert requests == ["/commonsenseqa/train.tsv", "/commonsenseqa/dev.tsv"]
 
 
 def test_fetch_unreachable_port_is_infra_error_naming_url(tmp_path, monkeypatch):
@@ -349,8 +521,8 @@ def test_fetch_unreachable_port_is_infra_error_naming_url(tmp_path, monkeypatch)
     base_url = f"http://127.0.0.1:{port}"
     to = tmp_path / "data"
     with pytest.raises(InfraError) as info:
-        fetch(["squad1_1"], ["dev"], to, base_url=base_url, log=lambda _: None)
-    assert f"cannot reach {base_url}/squad1_1/dev.tsv" in str(info.value)
+        fetch(["squad1_1"], ["train"], to, base_url=base_url, log=lambda _: None)
+    assert f"cannot reach {base_url}/squad1_1/train.tsv" in str(info.value)
     assert "offline" in str(info.value)
     assert leftovers(to) == []
 

@@ -15,7 +15,7 @@ import yaml
 from conftest import REPO, SYNTHETIC
 from runner.data import DATASET_FORMATS, FORMATS, format_options, parse_options, read_tsv
 from runner.errors import DataError
-from runner.readers import READERS, Reader, parse_split, split_file
+from runner.readers import READERS, Reader, answers_file, parse_split, split_file
 
 GOOD = {"question": "What is the capital of France?", "answers": ["Paris"]}
 
@@ -94,14 +94,34 @@ def test_tsv_dataset_problem_names_unknown_dataset_and_the_known_ones():
     assert all(reader.dataset_problem(name) is None for name in DATASET_FORMATS)
     message = reader.dataset_problem("trivia")
     assert message.startswith("unknown dataset 'trivia'; known datasets: ")
-    assert "boolq" in message and "synthetic_yes_no" in message
+    assert "boolq" in message and "synthetic_yes_no" in message and "winogrande_xl" in message
+
+
+def test_tsv_dataset_problem_suggests_the_closest_known_name():
+    reader = READERS.get("unifiedqa_tsv")
+    for typo, known in (("winogrande", "winogrande_xl"), ("commonseseqa", "commonsenseqa")):
+        assert reader.dataset_problem(typo).startswith(f"unknown dataset '{typo}' (did you mean '{known}'?); ")
 
 
 def test_only_official_unifiedqa_datasets_are_fetchable():
     tsv, own = READERS.get("unifiedqa_tsv"), READERS.get("jsonl")
-    assert tsv.fetchable("boolq") and tsv.fetchable("squad2")
+    assert tsv.fetchable("boolq") and tsv.fetchable("squad2") and tsv.fetchable("natural_questions_with_dpr_para")
     assert not tsv.fetchable("synthetic_yes_no") and not tsv.fetchable("trivia")
     assert not own.fetchable("boolq")
+
+
+def test_tsv_answers_file_sits_beside_the_split_and_reaches_parse_split(tmp_path):
+    path = tmp_path / "squad2" / "dev.tsv"
+    path.parent.mkdir()
+    path.write_text("who ran? \\n ann ran.\tann\n")
+    beside = answers_file(path, "unifiedqa_tsv")
+    assert beside == tmp_path / "squad2" / "dev_ans.jsonl"
+    assert answers_file(tmp_path / "t" / "dev.jsonl", "jsonl") is None
+    beside.write_text('["ann", "Ann"]\n')
+    got = parse_split(path.read_bytes(), path, "squad2", "dev", "unifiedqa_tsv", None, answers=beside.read_bytes())
+    assert got == read_tsv(path, "squad2", "dev") and got[0].answers == ("ann", "Ann")
+    with pytest.raises(ValueError, match="'jsonl' has no answers file"):
+        parse_split(jsonl(GOOD), Path("f"), "trivia", "dev", "jsonl", None, answers=b"[]\n")
 
 
 def test_format_options_round_trips_through_parse_options():

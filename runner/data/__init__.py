@@ -4,13 +4,16 @@ from runner.data.example import (
     DATASET_FORMATS,
     FORMATS,
     OFFICIAL_DATASET_FORMATS,
+    OFFICIAL_DATASETS,
     SYNTHETIC_DATASET_FORMATS,
     Example,
+    OfficialDataset,
     format_of,
 )
 from runner.data.fetch import UNIFIEDQA_URL, fetch
 from runner.data.synthetic import write_synthetic
 from runner.data.unifiedqa import (
+    answers_path,
     data_hash,
     format_options,
     load_split,
@@ -24,9 +27,12 @@ __all__ = [
     "DATASET_FORMATS",
     "FORMATS",
     "OFFICIAL_DATASET_FORMATS",
+    "OFFICIAL_DATASETS",
     "SYNTHETIC_DATASET_FORMATS",
     "UNIFIEDQA_URL",
     "Example",
+    "OfficialDataset",
+    "answers_path",
     "data_hash",
     "fetch",
     "format_of",

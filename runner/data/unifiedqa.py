@@ -1,8 +1,14 @@
-"""Reader of the official UnifiedQA TSV format: one `input<TAB>target` per line."""
+"""Reader of the official UnifiedQA TSV format: one `input<TAB>target` per line.
+
+A split may have a gold-answers file beside it, `<split>_ans.jsonl` (UnifiedQA publishes them for
+SQuAD dev): line i holds the JSON list of every gold answer of TSV line i, and those answers, not
+the TSV's single target, become the example's references, as in UnifiedQA's official scorer.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -18,10 +24,22 @@ _OPTIONS_START = re.compile(r"^\(a\)", re.IGNORECASE)
 
 _READ_CHUNK = 1 << 20
 
+# UnifiedQA writes "-" as the target of every question whose label is hidden (QASC and
+# CommonsenseQA test): such a file has nothing to train on or score against.
+_HIDDEN_TARGET = "-"
+# A misaligned answers file fails on nearly every line; the first few say enough.
+_MISMATCHES_SHOWN = 5
+
 
 def split_path(root: Path, dataset: str, split: str) -> Path:
     """Return where a dataset's split lives under a data root: root/<dataset>/<split>.tsv."""
     return Path(root) / dataset / f"{split}.tsv"
+
+
+def answers_path(split_file: Path) -> Path:
+    """Return where a split file's gold answers may sit: <split>_ans.jsonl beside <split>.tsv."""
+    split_file = Path(split_file)
+    return split_file.with_name(f"{split_file.stem}_ans.jsonl")
 
 
 def parse_options(text: str) -> tuple[tuple[str, str], ...]:
@@ -108,7 +126,7 @@ def decode_lines(data: bytes, path: Path, problems: list[Problem]) -> list[tuple
 
 
 def read_tsv(path: Path, dataset: str, split: str) -> list[Example]:
-    """Read one UnifiedQA TSV file; identical inputs merge into one example with all references."""
+    """Read one UnifiedQA TSV file (and its answers file, if beside it); duplicate inputs merge."""
     path = Path(path)
     format_of(dataset)  # an unknown dataset is reported before the file is touched
     try:
@@ -117,16 +135,68 @@ def read_tsv(path: Path, dataset: str, split: str) -> list[Example]:
         raise DataError([Problem("data file not found", file=str(path))]) from None
     except OSError as exc:
         raise DataError([Problem(f"cannot read data file: {exc.strerror}", file=str(path))]) from None
-    return parse_tsv(data, path, dataset, split)
+    try:
+        answers: bytes | None = answers_path(path).read_bytes()
+    except FileNotFoundError:
+        answers = None
+    except OSError as exc:
+        message = f"cannot read answers file: {exc.strerror}"
+        raise DataError([Problem(message, file=str(answers_path(path)))]) from None
+    return parse_tsv(data, path, dataset, split, answers=answers)
 
 
-def parse_tsv(data: bytes, path: Path, dataset: str, split: str) -> list[Example]:
-    """Parse the bytes of one UnifiedQA TSV file; `path` only locates problems in messages."""
+def _parse_answers(data: bytes, path: Path, problems: list[Problem]) -> dict[int, list[str]]:
+    """Line number → the stripped, non-empty answers of that line of a `<split>_ans.jsonl` file."""
+    golds: dict[int, list[str]] = {}
+    for number, text in decode_lines(data, path, problems):
+        if text is None:
+            continue
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            problems.append(Problem(f"not JSON: {exc}", file=str(path), line=number))
+            continue
+        if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
+            problems.append(Problem("expected a JSON list of answer strings", file=str(path), line=number))
+            continue
+        # The TSV reader strips targets, so gold answers are stripped too, to compare like with like.
+        golds[number] = [a.strip() for a in value if a.strip()]
+        if not golds[number]:
+            problems.append(Problem("no non-empty answer", file=str(path), line=number))
+    return golds
+
+
+def _check_answers(golds: dict[int, list[str]], lines: int, targets: list[tuple[int, str]],
+                   path: Path, answers_file: Path) -> list[Problem]:
+    """Problems pairing an answers file with its TSV: the line counts differ or a target is missing."""
+    if len(golds) != lines:
+        # Lines that did not parse are already reported; only a clean file's count is comparable.
+        return [Problem(f"{len(golds)} answer lines for the {lines} lines of {path.name}; UnifiedQA pairs "
+                        "them line by line", file=str(answers_file))]
+    # Each answers line starts with the TSV line's own target, so a target missing from its line
+    # means the two files do not belong together.
+    missing = [(number, target) for number, target in targets if target not in golds.get(number, ())]
+    problems = [
+        Problem(f"target {target!r} is not among the gold answers on line {number} of {answers_file.name}; "
+                "the two files do not belong together", file=str(path), line=number)
+        for number, target in missing[:_MISMATCHES_SHOWN]
+    ]
+    if len(missing) > _MISMATCHES_SHOWN:
+        problems.append(Problem(f"and {len(missing) - _MISMATCHES_SHOWN} more lines whose target is not "
+                                f"among their gold answers in {answers_file.name}", file=str(path)))
+    return problems
+
+
+def parse_tsv(data: bytes, path: Path, dataset: str, split: str, answers: bytes | None = None) -> list[Example]:
+    """Parse the bytes of one UnifiedQA TSV file (and of its answers file); `path` only locates problems."""
     fmt = format_of(dataset)
     problems: list[Problem] = []
-    # input text → [line, question, options, context, answers]; dicts keep first-seen order.
+    # input text → [line, question, options, context, references]; dicts keep first-seen order.
     merged: dict[str, list] = {}
-    for number, text in decode_lines(data, path, problems):
+    lines = decode_lines(data, path, problems)
+    golds = None if answers is None else _parse_answers(answers, answers_path(path), problems)
+    targets: list[tuple[int, str]] = []
+    for number, text in lines:
         if text is None:
             continue
         parsed, messages = _parse_row(text, fmt)
@@ -134,13 +204,23 @@ def parse_tsv(data: bytes, path: Path, dataset: str, split: str) -> list[Example
         if parsed is None:
             continue
         key, question, options, context, target = parsed
+        targets.append((number, target))
+        # With an answers file a line's references are its gold answers, else its target alone;
+        # a merged example gets the references of all its lines.
+        references = [target] if golds is None else golds.get(number, [])
         if key not in merged:
-            merged[key] = [number, question, options, context, [target]]
-        elif target not in merged[key][4]:
-            merged[key][4].append(target)
+            merged[key] = [number, question, options, context, []]
+        for reference in references:
+            if reference not in merged[key][4]:  # SQuAD annotators often agree: keep one copy
+                merged[key][4].append(reference)
 
+    if golds is not None and not problems:
+        problems.extend(_check_answers(golds, len(lines), targets, path, answers_path(path)))
     if not merged and not problems:
         problems.append(Problem("file has no examples", file=str(path)))
+    if not problems and all(target == _HIDDEN_TARGET for _, target in targets):
+        problems.append(Problem(f"every target is {_HIDDEN_TARGET!r}: this split's labels are hidden, so it "
+                                "has nothing to train on or score against; use another split", file=str(path)))
     if problems:
         raise DataError(problems)
     return [
@@ -153,10 +233,10 @@ def parse_tsv(data: bytes, path: Path, dataset: str, split: str) -> list[Example
             question=question,
             options=options,
             context=context,
-            answers=tuple(answers),
+            answers=tuple(references),
             line=line,
         )
-        for n, (key, (line, question, options, context, answers)) in enumerate(merged.items())
+        for n, (key, (line, question, options, context, references)) in enumerate(merged.items())
     ]
 
 

@@ -40,13 +40,17 @@ class Reader:
 
     extension: str
     """File suffix without the dot ("tsv", "jsonl"): a split lives at <root>/<dataset>/<split>.<extension>."""
-    parse: Callable[[bytes, Path, str, str], list[Example]]
+    parse: Callable[..., list[Example]]
     """(file bytes, path for messages, dataset, split) -> examples in file order; raises
-    runner.errors.DataError listing every problem of the file, each as Problem(message, str(path), line)."""
+    runner.errors.DataError listing every problem of the file, each as Problem(message, str(path), line).
+    A reader with `answers_file` also takes `answers=` the bytes of that file when it exists."""
     dataset_problem: Callable[[str], str | None] = name_problem
     """Why this reader cannot serve a dataset name (checked at validation), or None if it can."""
     fetchable: Callable[[str], bool] = _nothing_fetchable
     """Whether `runner data fetch` can download this dataset's files."""
+    answers_file: Callable[[Path], Path] | None = None
+    """Split file -> where its optional gold-answers file sits (None: the format has none). When
+    that file exists, the runner hashes it with the split and passes its bytes to `parse`."""
 
 
 READERS: Registry[Reader] = Registry(__name__, "data format")
@@ -62,13 +66,26 @@ def split_file(root: Path, dataset: str, split: str, data_format: str) -> Path:
     return Path(root) / dataset / f"{split}.{READERS.get(data_format).extension}"
 
 
+def answers_file(split_file: Path, data_format: str) -> Path | None:
+    """Where a split file's optional gold-answers file sits, or None if the format has none."""
+    locate = READERS.get(data_format).answers_file
+    return None if locate is None else locate(Path(split_file))
+
+
 def parse_split(
-    data: bytes, path: Path, dataset: str, split: str, data_format: str, max_examples: int | None
+    data: bytes, path: Path, dataset: str, split: str, data_format: str, max_examples: int | None,
+    answers: bytes | None = None,
 ) -> list[Example]:
-    """Parse one split file's bytes with the format's reader; keep the first `max_examples`."""
+    """Parse one split file's bytes (and its answers file's) with the format's reader; keep the first `max_examples`."""
     if max_examples is not None and max_examples < 0:
         raise ValueError(f"max_examples must be >= 0, got {max_examples}")
+    reader = READERS.get(data_format)
+    if answers is not None and reader.answers_file is None:
+        raise ValueError(f"data format {data_format!r} has no answers file")
     # The whole file is parsed even when only a few examples are kept, so a broken line past the
     # cut is still reported and the data hash always describes a file that parses.
-    examples = READERS.get(data_format).parse(data, Path(path), dataset, split)
+    if answers is None:
+        examples = reader.parse(data, Path(path), dataset, split)
+    else:
+        examples = reader.parse(data, Path(path), dataset, split, answers=answers)
     return examples if max_examples is None else examples[:max_examples]

@@ -1,19 +1,20 @@
 """`data.format: unifiedqa_tsv` — the official UnifiedQA files, one `input<TAB>target` per line.
 
 The dataset name fixes the answer format (runner.data.example.DATASET_FORMATS), so only the
-known UnifiedQA and synthetic names are served; the parser is runner.data.unifiedqa.
+known UnifiedQA and synthetic names are served; the parser is runner.data.unifiedqa. A split's
+gold answers, `<split>_ans.jsonl` beside `<split>.tsv`, replace its targets as references.
 """
 
 from __future__ import annotations
 
 from runner.data.example import OFFICIAL_DATASET_FORMATS, format_of
-from runner.data.unifiedqa import parse_tsv
+from runner.data.unifiedqa import answers_path, parse_tsv
 from runner.errors import DataError
 from runner.readers import Reader, register
 
 
 def dataset_problem(name: str) -> str | None:
-    """'unknown dataset ...; known datasets: ...' unless the name is a UnifiedQA or synthetic set."""
+    """'unknown dataset ... (did you mean ...?); known datasets: ...' unless the name is known."""
     try:
         format_of(name)
     except DataError as exc:
@@ -28,5 +29,11 @@ def fetchable(name: str) -> bool:
 
 register(
     "unifiedqa_tsv",
-    Reader(extension="tsv", parse=parse_tsv, dataset_problem=dataset_problem, fetchable=fetchable),
+    Reader(
+        extension="tsv",
+        parse=parse_tsv,
+        dataset_problem=dataset_problem,
+        fetchable=fetchable,
+        answers_file=answers_path,
+    ),
 )
