@@ -47,7 +47,47 @@ may have options. An example line:
 `data/custom/trivia`. Every bad line of every file is reported at once as `FILE:LINE: message`
 (invalid JSON or UTF-8, a missing or empty question or answers, a wrong type, bad options, an
 unknown format or key, a repeated id, an empty file), and the command exits with status 2.
+
+## Scoring: `unifiedqa` beside the clean scorers
+
+`eval.metrics` names the scorers every prediction gets. They are of two kinds:
+
+- `unifiedqa` is UnifiedQA's published evaluation, to the item: each dataset is scored by the
+  rule that allenai/unifiedqa's `evaluation/` code applies to it, quirks included. BoolQ's
+  answers get SQuAD token F1 against "yes" or "no"; a multiple-choice answer goes to the option
+  of highest string similarity, and to option A when none overlaps; NarrativeQA's ROUGE-L comes
+  from py-rouge with precision and recall raised to 1/1.2 and is rounded to two decimals.
+  `runner/scoring/unifiedqa.py` transcribes the code and `tests/test_scoring_differential.py`
+  checks it against a copy of UnifiedQA's functions and the real py-rouge. Datasets that are not
+  UnifiedQA's, such as your own JSONL data, get no `unifiedqa` score (`None`, left out of means);
+  a synthetic set takes the rule of its format's UnifiedQA dataset.
+- The clean per-format scorers (`exact_match`, `f1`, `jaccard`, `rouge_l`, `option_accuracy`,
+  `yes_no_accuracy`) judge every dataset of a format alike, without those quirks.
+
+Use `unifiedqa` to compare with the UnifiedQA paper or with numbers from UnifiedQA's scripts
+(which print the mean × 100). Use a format's clean scorer to compare models with each other,
+above all models that answer in sentences: `unifiedqa` gives a chatty "Yes, it is." half credit
+on BoolQ, and credits a multiple-choice answer that names no option whenever the right option
+is A. Analysis leads with `unifiedqa` when it is scored, else with `exact_match`.
 """
+
+
+def _scoring_tables() -> list[str]:
+    """Markdown tables: each dataset's `unifiedqa` rule and clean scorer, then what each rule does."""
+    from runner.data.example import DATASET_FORMATS
+    from runner.scoring.unifiedqa import RULES
+
+    clean = {"yes_no": "`yes_no_accuracy`", "multiple_choice": "`option_accuracy`",
+             "extractive": "`f1`, `exact_match`", "abstractive": "`rouge_l`"}  # fmt: skip
+    lines = ["| dataset | format | `unifiedqa` rule | clean scorer |", "|---|---|---|---|"]
+    for dataset, fmt in DATASET_FORMATS.items():
+        rule = RULES.get(dataset)
+        lines.append(f"| `{dataset}` | {fmt} | {f'`{rule.name}`' if rule else 'none'} | {clean[fmt]} |")
+    lines += ["", "| rule | what `unifiedqa` computes | UnifiedQA source | the clean scorer instead |", "|---|---|---|---|"]
+    for rule in dict.fromkeys(RULES.values()):
+        cells = (rule.computes, rule.source, rule.clean)
+        lines.append(f"| `{rule.name}` | " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return lines + [""]
 
 
 def _type(prop: dict[str, Any], defs: dict[str, Any]) -> str:
@@ -101,7 +141,7 @@ def manifest_reference() -> str:
     """Markdown documenting every manifest field, one table per block."""
     schema = json_schema()
     defs = schema.get("$defs", {})
-    parts = [HEADER, *_table("Top level", schema, defs)]
+    parts = [HEADER, *_scoring_tables(), *_table("Top level", schema, defs)]
     for name, block in defs.items():
         title = f"`{name}`"
         kind = block.get("properties", {}).get("kind", {})

@@ -157,7 +157,7 @@ class IclSpec(Spec):
 class EvalSpec(Spec):
     """What is scored and how predictions are sharded."""
 
-    metrics: tuple[str, ...] = ("exact_match", "f1", "jaccard", "rouge_l", "option_accuracy", "yes_no_accuracy", "official")
+    metrics: tuple[str, ...] = ("exact_match", "f1", "jaccard", "rouge_l", "option_accuracy", "yes_no_accuracy", "unifiedqa")
     """Scorers applied to every prediction. Not part of the run's identity: scoring reads saved
     predictions, so a finished run asked for other metrics is rescored without the model."""
     shard_size: int = Field(64, ge=1)
@@ -359,8 +359,11 @@ def unfetched_data(loaded: LoadedManifest) -> list[Path]:
 def fetch_command(files: list[Path]) -> str:
     """The `runner data fetch` command that downloads these official files (first data root)."""
     datasets = " ".join(sorted({f.parent.name for f in files}))
+    splits = sorted({f.stem for f in files})
     root = sorted({str(f.parent.parent) for f in files})[0]
-    return f"python -m runner data fetch {datasets} --to {root}"
+    # The default splits (train, dev) need no flag; a test split does.
+    wanted = "" if set(splits) <= {"train", "dev"} else f" --splits {' '.join(splits)}"
+    return f"python -m runner data fetch {datasets}{wanted} --to {root}"
 
 
 def _data_problems(loaded: LoadedManifest, index: LineIndex, shown: str) -> list[Problem]:

@@ -1,4 +1,4 @@
-"""Scorers: hand-worked values, option and yes/no mapping, official dispatch, missing scores."""
+"""Scorers: hand-worked values, option and yes/no mapping, UnifiedQA's rules, missing scores."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from runner.scoring._normalize import normalize_answer
 from runner.scoring.exact_match import exact_match
 from runner.scoring.f1 import f1
 from runner.scoring.jaccard import jaccard
-from runner.scoring.official import OFFICIAL_METRICS, official, squad2_f1
 from runner.scoring.option_accuracy import match_option, option_accuracy
 from runner.scoring.rouge_l import rouge_l
+from runner.scoring.unifiedqa import RULES, chosen_option, unifiedqa
 from runner.scoring.yes_no_accuracy import yes_no_accuracy, yes_no_label
 
 ANIMALS = ("tortoises", "dogs", "cats", "goats")
@@ -136,32 +136,114 @@ def test_yes_no_accuracy_scores_unknown_as_wrong_and_other_formats_as_none():
     assert yes_no_accuracy(Scored("yes", ("1905",), format="yes_no")) is None
 
 
-def test_every_known_dataset_has_an_official_metric():
-    assert set(OFFICIAL_METRICS) == set(DATASET_FORMATS)
+def _uqa(dataset: str, prediction: str, references, options=()) -> float | None:
+    return unifiedqa(Scored(prediction, tuple(references), tuple(options), dataset=dataset))
+
+
+def test_every_known_dataset_has_a_unifiedqa_rule_and_every_rule_a_known_dataset():
+    assert set(RULES) == set(DATASET_FORMATS)
 
 
 @pytest.mark.parametrize(
-    ("dataset", "fmt", "prediction", "references", "options", "expected"),
+    ("prediction", "reference", "expected"),
     [
-        # squad1_1 → token F1 (4/7 worked out in test_f1_matches_hand_computed_overlap)
-        ("squad1_1", "extractive", "the blue house on the hill", ["a big blue house"], [], 4 / 7),
-        # narrativeqa → ROUGE-L (10/11 worked out above); F1 would be 2·(4/5)(4/4)/(9/5) = 8/9
-        ("narrativeqa", "abstractive", "The cat sat on the mat.", ["the cat on the mat"], [], 10 / 11),
-        ("boolq", "yes_no", "True", ["yes"], [], 1.0),
-        ("arc_easy", "multiple_choice", "(b)", ["dogs"], list(ANIMALS), 1.0),
-        ("race_string", "multiple_choice", "cats", ["dogs"], list(ANIMALS), 0.0),
-        ("ai2_science_middle", "multiple_choice", "goats", ["goats"], list(ANIMALS), 1.0),
-        ("synthetic_yes_no", "yes_no", "no", ["yes"], [], 0.0),
-        ("synthetic_multiple_choice", "multiple_choice", "tortoise and dogs", ["dogs"], list(ANIMALS), 1.0),
-        ("synthetic_extractive", "extractive", "in 1905", ["1905"], [], 2 / 3),
-        ("synthetic_abstractive", "abstractive", "The cat sat on the mat.", ["the cat on the mat"], [], 10 / 11),
-        ("somewhere_else", "extractive", "x", ["x"], [], None),
+        ("yes", "yes", 1.0),
+        ("No.", "no", 1.0),
+        # [yes, it, is] vs [yes]: P 1/3, R 1 → F1 = 2·(1/3)/(4/3) = 0.5
+        ("Yes, it is.", "yes", 0.5),
+        # [no, it, is, not] vs [no]: P 1/4, R 1 → F1 = 2·(1/4)/(5/4) = 0.4
+        ("no, it is not", "no", 0.4),
+        ("true", "yes", 0.0),  # token F1 against "yes": true/false are not read as yes/no
+        ("no", "yes", 0.0),
+        ("", "yes", 0.0),
     ],
 )
-def test_official_uses_each_datasets_own_metric(dataset, fmt, prediction, references, options, expected):
-    row = {"dataset": dataset, "format": fmt, "prediction": prediction, "references": references, "options": options}
-    value = official(Scored.from_row(row))
-    assert value == (None if expected is None else pytest.approx(expected, abs=1e-12))
+def test_unifiedqa_scores_yes_no_datasets_by_token_f1_against_yes_or_no(prediction, reference, expected):
+    for dataset in ("boolq", "boolq_np", "multirc", "synthetic_yes_no"):
+        assert _uqa(dataset, prediction, [reference]) == pytest.approx(expected, abs=1e-12), dataset
+    # The clean scorer reads the first word instead: "Yes, it is." and "true" are right there.
+    assert yes_no_accuracy(Scored("true", ("yes",), format="yes_no")) == 1.0
+
+
+PAINTS = ("red paint", "blue paint", "green paint")
+
+
+def test_unifiedqa_multiple_choice_picks_the_option_of_highest_string_similarity():
+    # "the blue one" vs "blue paint": 1 shared word / max(3, 2) words = 1/3; the others share none.
+    assert chosen_option("the blue one", PAINTS) == 1
+    assert _uqa("arc_easy", "the blue one", ["blue paint"], PAINTS) == 1.0
+    # Lowercased prediction equal to an option scores 3 and wins.
+    assert _uqa("race_string", "Dogs", ["dogs"], ANIMALS) == 1.0
+    # Equal text (3) beats equal once quotes are dropped (2).
+    assert chosen_option("its red", ("it's red", "its red")) == 1
+    assert chosen_option("it's red", ("its red", "it's red")) == 1
+
+
+def test_unifiedqa_multiple_choice_tie_goes_to_option_a():
+    # "paint" shares 1 word with each option: 1 / max(1, 2) = 0.5 three times → the first, A.
+    assert chosen_option("paint", PAINTS) == 0
+    assert _uqa("openbookqa", "paint", ["red paint"], PAINTS) == 1.0
+    assert _uqa("openbookqa", "paint", ["blue paint"], PAINTS) == 0.0
+
+
+def test_unifiedqa_multiple_choice_with_no_overlap_falls_back_to_option_a():
+    # Single different words score 0 against every option: argmax of all zeros is option A.
+    assert chosen_option("horses", ANIMALS) == 0
+    assert _uqa("commonsenseqa", "horses", ["tortoises"], ANIMALS) == 1.0
+    assert _uqa("commonsenseqa", "horses", ["dogs"], ANIMALS) == 0.0
+    assert _uqa("mctest_corrected_the_separator", "", ["tortoises"], ANIMALS) == 1.0
+    # The clean scorer counts no overlap as wrong.
+    assert option_accuracy(Scored("horses", ("tortoises",), options=ANIMALS)) == 0.0
+
+
+def test_unifiedqa_multiple_choice_splits_options_at_every_marker_as_unifiedqa_does():
+    options = ("vitamin (c) tablets", "iron", "zinc")
+    # "(a) vitamin (c) tablets (b) iron (c) zinc" splits into vitamin | tablets | iron | zinc, so
+    # "iron" is the third candidate, letter C, while the gold letter is B.
+    assert chosen_option("iron", options) == 2
+    assert _uqa("arc_hard", "iron", ["iron"], options) == 0.0
+    # QASC's options run to (h); elsewhere "(f)" stays inside option e's text.
+    eight = tuple(f"option {w}" for w in "abcdefgh")
+    assert _uqa("qasc", "option h", ["option h"], eight) == 1.0
+    assert _uqa("commonsenseqa", "option h", ["option h"], eight) == 0.0
+
+
+def test_unifiedqa_multiple_choice_without_options_or_gold_option_is_none():
+    assert _uqa("arc_easy", "dogs", ["dogs"]) is None
+    assert _uqa("arc_easy", "dogs", ["lions"], ANIMALS) is None
+
+
+def test_unifiedqa_rouge_l_raises_precision_and_recall_to_the_power_1_over_1_2():
+    # [river, flood] vs [river, rose] (stemmed): LCS 1, P = R = 1/2 → 0.5^(1/1.2) = 0.5612 → 0.56
+    assert _uqa("narrativeqa", "river flooded", ["river rose"]) == 0.56
+    assert rouge_l("river flooded", ["river rose"]) == 0.5  # the clean scorer: plain F1
+
+
+def test_unifiedqa_rouge_l_rounds_to_two_decimals_and_takes_the_best_reference():
+    # pred [the, cat, sat, on, the, mat], ref [the, cat, on, the, mat]: LCS 5
+    # P = (5/6)^(1/1.2) = 0.85904, R = 1 → F = 2·0.85904/1.85904 = 0.92418 → 0.92
+    assert _uqa("narrativeqa", "The cat sat on the mat.", ["nothing alike", "the cat on the mat"]) == 0.92
+    assert _uqa("synthetic_abstractive", "The cat sat on the mat.", ["the cat on the mat"]) == 0.92
+
+
+def test_unifiedqa_rouge_l_reads_only_the_first_100_words():
+    # "paris" as word 100: LCS 1, P = (1/100)^(1/1.2) = 0.021544, R = 1 → F = 0.04218 → 0.04
+    assert _uqa("narrativeqa", "filler " * 99 + "paris", ["paris"]) == 0.04
+    # As word 101 it is cut off: nothing in common.
+    assert _uqa("narrativeqa", "filler " * 100 + "paris", ["paris"]) == 0.0
+
+
+def test_unifiedqa_squad_takes_the_best_of_every_gold_answer():
+    golds = ["Broncos", "Denver Broncos", "the Broncos"]
+    assert _uqa("squad1_1", "Denver Broncos", golds) == 1.0
+    # [broncos, won] vs [broncos]: P 1/2, R 1 → 2/3; vs [denver, broncos]: 1/2 → best 2/3
+    assert _uqa("squad1_1", "the Broncos won", golds) == pytest.approx(2 / 3, abs=1e-12)
+    assert _uqa("newsqa", "in 1905", ["1905"]) == pytest.approx(2 / 3, abs=1e-12)
+    # SQuAD v1.1: an empty answer scores 0 even against an empty reference (clean f1: 1).
+    assert _uqa("squad1_1", "", [""]) == 0.0
+    # A newline is deleted, not read as a space: "new\nyork" becomes "newyork".
+    assert _uqa("squad1_1", "new\nyork", ["new york"]) == 0.0
+    assert f1("new\nyork", ["new york"]) == 1.0
 
 
 @pytest.mark.parametrize(
@@ -172,13 +254,40 @@ def test_official_uses_each_datasets_own_metric(dataset, fmt, prediction, refere
         ("there is no answer", ["<No Answer>"], 1.0),
         ("paris", ["<No Answer>"], 0.0),
         ("<no answer>", ["paris"], 0.0),
+        # A substring test on the raw lowercased text: two spaces are not "no answer".
+        ("no  answer", ["<No Answer>"], 0.0),
         ("paris", ["Paris", "the city of Paris"], 1.0),
     ],
 )
-def test_squad2_treats_no_answer_as_the_empty_answer(prediction, references, expected):
-    item = Scored(prediction, tuple(references), dataset="squad2", format="extractive")
-    assert squad2_f1(item) == expected
-    assert official(item) == expected
+def test_unifiedqa_squad2_reads_no_answer_as_the_empty_answer(prediction, references, expected):
+    assert _uqa("squad2", prediction, references) == expected
+
+
+def test_unifiedqa_drop_f1_needs_matching_numbers_and_divides_by_the_gold_count():
+    # bags {1000.0, men} vs {1000.0}: P 1/2, R 1 → 2/3 → 0.67 (rounded to 2 decimals)
+    assert _uqa("drop", "1,000 men", ["1000"]) == 0.67
+    # A gold number must appear in the prediction: {12.0, men} vs {13.0, men} scores 0.
+    assert _uqa("quoref", "12 men", ["13 men"]) == 0.0
+    assert f1("12 men", ["13 men"]) == 0.5
+    # A perfect match with one of two gold answers: 1 / 2.
+    assert _uqa("ropes", "x", ["x", "y"]) == 0.5
+    # Quoref's "///" spans are gold answers too: {red, and, blue} vs {red}: F1 0.5, / 2 = 0.25.
+    assert _uqa("quoref", "red and blue", ["red///blue"]) == 0.25
+
+
+def test_unifiedqa_natqa_is_exact_match_with_the_first_reference_only():
+    assert _uqa("natural_questions_with_dpr_para", "The Obama.", ["obama", "barack obama"]) == 1.0
+    assert _uqa("natural_questions_with_dpr_para", "Obama", ["Barack Obama", "Obama"]) == 0.0
+    assert exact_match("Obama", ["Barack Obama", "Obama"]) == 1.0
+
+
+def test_unifiedqa_is_none_outside_unifiedqa_and_synthetic_datasets():
+    assert _uqa("trivia", "x", ["x"]) is None
+    assert _uqa("", "x", ["x"]) is None
+    assert _uqa("squad1_1", "x", []) is None
+    # A synthetic set takes the rule of its format's UnifiedQA dataset.
+    assert _uqa("synthetic_multiple_choice", "horses", ["tortoises"], ANIMALS) == 1.0
+    assert _uqa("synthetic_extractive", "in 1905", ["1905"]) == pytest.approx(2 / 3, abs=1e-12)
 
 
 def test_missing_references_score_none_and_are_left_out_of_the_mean():
@@ -190,7 +299,7 @@ def test_missing_references_score_none_and_are_left_out_of_the_mean():
 
 def test_every_scorer_declares_its_direction_and_aggregation():
     scorers = SCORERS.discover()
-    assert set(scorers) >= {"exact_match", "f1", "jaccard", "rouge_l", "option_accuracy", "yes_no_accuracy", "official"}
+    assert set(scorers) >= {"exact_match", "f1", "jaccard", "rouge_l", "option_accuracy", "yes_no_accuracy", "unifiedqa"}
     for name, scorer in scorers.items():
         assert isinstance(scorer.higher_is_better, bool), name
         assert scorer.aggregation == "mean", name
@@ -208,13 +317,13 @@ def _rows() -> list[dict]:
 
 
 def test_score_rows_takes_plain_dict_rows_and_leaves_inapplicable_metrics_none():
-    scores = score_rows(_rows(), ["exact_match", "yes_no_accuracy", "option_accuracy", "official"])
+    scores = score_rows(_rows(), ["exact_match", "yes_no_accuracy", "option_accuracy", "unifiedqa"])
     assert [s["yes_no_accuracy"] for s in scores] == [1.0, 0.0, None, None]
     assert [s["option_accuracy"] for s in scores] == [None, None, 1.0, None]
     assert [s["exact_match"] for s in scores] == [1.0, 0.0, 1.0, 0.0]
-    assert scores[3]["official"] == pytest.approx(2 / 3, abs=1e-12)
+    assert scores[3]["unifiedqa"] == pytest.approx(2 / 3, abs=1e-12)
     # A row with only prediction and references still scores the text metrics.
-    assert score_rows([{"prediction": "a", "references": ["a"]}], ["f1", "official"]) == [{"f1": 1.0, "official": None}]
+    assert score_rows([{"prediction": "a", "references": ["a"]}], ["f1", "unifiedqa"]) == [{"f1": 1.0, "unifiedqa": None}]
 
 
 def test_compute_metrics_averages_each_metric_over_the_examples_it_applies_to():
@@ -225,7 +334,7 @@ def test_compute_metrics_averages_each_metric_over_the_examples_it_applies_to():
     assert overall["n"] == 4
     assert overall["yes_no_accuracy"] == 0.5  # two yes/no examples: 1 and 0
     assert overall["option_accuracy"] == 1.0  # one multiple-choice example
-    assert overall["official"] == pytest.approx((1 + 0 + 1 + 2 / 3) / 4, abs=1e-12)
+    assert overall["unifiedqa"] == pytest.approx((1 + 0 + 1 + 2 / 3) / 4, abs=1e-12)
     assert result["by_format"]["extractive"]["option_accuracy"] is None
     assert result["by_dataset"]["synthetic_yes_no"]["n"] == 2
 

@@ -3,7 +3,7 @@
 Each scorer declares its direction and aggregation where it is defined; a missing score is
 `None`, never a sentinel value, and is left out of aggregates (n counts only scored examples).
 A scorer sees one `Scored` record per example, so metrics that need more than the text (the
-options of a multiple-choice question, the dataset's official metric) share one interface.
+options of a multiple-choice question, the dataset's UnifiedQA rule) share one interface.
 """
 
 from __future__ import annotations
