@@ -1,8 +1,11 @@
-"""One summary per run, and per (run, format) and (run, dataset), recomputed from its rows.
+"""One summary per run, and per (run, format) and (run, dataset), recomputed from its rows; then
+one per configuration, its seeds pooled.
 
 A run is one configuration of (model, method, shots, decoding) — with its hyperparameters — so
 summaries are per run and carry those four fields; two runs of the same four fields (a LoRA of
 rank 4 and one of rank 16, say) stay two rows instead of being pooled into a mean of neither.
+Runs that differ only in seeds (analysis/seeds.py) are one configuration: `pool_seeds` gives it
+one summary, the mean of its per-seed means with their sd and t-interval, the runs kept inside.
 Quality means come with bootstrap CIs; speed comes from the per-batch timings in the shards;
 training facts come from metrics.json, the only place they exist.
 """
@@ -18,7 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from analysis.load import Loaded, RunInfo
-from analysis.stats import Estimate, bootstrap_mean
+from analysis.seeds import SEED_FIELDS, config_id, manifest_key, seed_label, seed_order, seeds_of
+from analysis.stats import Estimate, across_seeds, bootstrap_mean
 
 GIB = 2**30
 
@@ -44,6 +48,14 @@ class Summary:
     slice_kind: str = ""
     """"format" or "dataset" for a slice of the run; "" for the whole run."""
     slice_value: str = ""
+    seeds: tuple[Summary, ...] = ()
+    """The per-seed summaries pooled into this one (then `run` is the first seed's, `n` the
+    examples of each seed, quality across seeds, speed and training their means); () for one run."""
+
+    @property
+    def n_seeds(self) -> int:
+        """Runs this summary stands for: its seeds, or 1."""
+        return len(self.seeds) or 1
 
 
 def _percentile(sorted_values: np.ndarray, q: float) -> float | None:
@@ -140,13 +152,105 @@ def _report_order(summary: Summary) -> tuple:
     return (run.model, run.method, run.shots, run.decoding, run.name, run.digest, summary.slice_kind, summary.slice_value)
 
 
+@dataclass(frozen=True)
+class Pooled:
+    """One summary per configuration (a run's own when it has one seed) and its slices."""
+
+    configs: list[Summary]
+    slices: list[Summary]
+    notes: list[str]
+    """Runs that look like seeds of one configuration but were not pooled, and why."""
+
+
+def _mean_present(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return math.fsum(present) / len(present) if present else None
+
+
+def _pool(members: Sequence[Summary]) -> Summary:
+    """One summary over the seeds of a configuration: quality across seeds, other figures averaged."""
+    first = members[0]
+    quality = {m: across_seeds([s.quality[m].mean for s in members]) for m in first.quality}
+    speed = {k: _mean_present([s.speed.get(k) for s in members]) for k in first.speed}
+    training = {k: _mean_present([s.training.get(k) for s in members]) for k in first.training}
+    return Summary(first.run, first.n, quality, speed, training, first.slice_kind, first.slice_value, tuple(members))
+
+
+def _where(run: RunInfo) -> str:
+    return run.ref.where(run.ref.keys.manifest)
+
+
+def _seed_groups(runs: Sequence[Summary]) -> tuple[list[list[Summary]], list[str]]:
+    """Runs grouped by configuration, each group one seed per run; notes for runs kept apart."""
+    by_manifest: dict[str, list[Summary]] = {}
+    for s in runs:
+        by_manifest.setdefault(manifest_key(s.run.manifest), []).append(s)
+    groups: list[list[Summary]] = []
+    notes: list[str] = []
+    for alike in by_manifest.values():
+        by_config: dict[str, list[Summary]] = {}
+        for s in alike:
+            by_config.setdefault(config_id(s.run), []).append(s)
+        if len(by_config) > 1:
+            # Notes name each split-off group against the largest one (the configuration proper).
+            first, *others = (members[0].run for members in sorted(by_config.values(), key=len, reverse=True))
+            for other in others:
+                if first.model_identity != other.model_identity:
+                    why = "other model weights (provenance.json model)"
+                else:
+                    why = f"different data ({first.eval_set.difference(other.eval_set) or 'eval file hashes differ'})"
+                notes.append(f"{_where(first)} and {_where(other)}: differ only in seeds but were evaluated with {why}; not pooled")
+        for members in by_config.values():
+            members.sort(key=lambda s: (seed_order(seeds_of(s.run.manifest)), s.run.name, s.run.digest))
+            assignments = [seeds_of(s.run.manifest) for s in members]
+            repeated = [s for s, seeds in zip(members, assignments) if assignments.count(seeds) > 1]
+            if repeated:
+                # The same configuration with the same seeds is the same evaluation stored twice
+                # (under two names); pooling would count one seed twice.
+                listing = ", ".join(_where(s.run) for s in repeated)
+                notes.append(f"{listing}: the same configuration with the same seeds ({seed_label(seeds_of(repeated[0].run.manifest))}); not pooled, each kept as its own row")
+                groups += [[s] for s in members]
+            else:
+                groups.append(members)
+    return groups, notes
+
+
+def pool_seeds(runs: Sequence[Summary], slices: Sequence[Summary]) -> Pooled:
+    """One summary per configuration, seeds pooled, and the same per format and dataset."""
+    groups, notes = _seed_groups(runs)
+    slices_of: dict[int, list[Summary]] = {}
+    for part in slices:
+        slices_of.setdefault(id(part.run), []).append(part)
+    configs: list[Summary] = []
+    config_slices: list[Summary] = []
+    for members in groups:
+        if len(members) == 1:
+            configs.append(members[0])
+            config_slices += slices_of.get(id(members[0].run), [])
+            continue
+        configs.append(_pool(members))
+        cells: dict[tuple[str, str], list[Summary]] = {}
+        for member in members:
+            for part in slices_of.get(id(member.run), []):
+                cells.setdefault((part.slice_kind, part.slice_value), []).append(part)
+        config_slices += [_pool(parts) for parts in cells.values()]
+    return Pooled(sorted(configs, key=_report_order), sorted(config_slices, key=_report_order), notes)
+
+
+def varying_seeds(summary: Summary) -> tuple[str, ...]:
+    """The seed fields whose values differ among a pooled summary's runs (all it holds for one run)."""
+    assignments = [seeds_of(s.run.manifest) for s in summary.seeds] or [seeds_of(summary.run.manifest)]
+    varying = tuple(name for name in SEED_FIELDS if len({repr(a.get(name)) for a in assignments}) > 1)
+    return varying or tuple(assignments[0])
+
+
 def headline_metric(metrics: Sequence[str]) -> str | None:
     """The metric figures and one-number tables lead with.
 
-    UnifiedQA's official metric (each dataset judged by its own measure) when it is scored, else
-    exact match, else the first metric: one number comparable across every format.
+    `unifiedqa` (each dataset judged as UnifiedQA's evaluation code judges it) when it is scored,
+    else exact match, else the first metric: one number comparable across every format.
     """
-    for preferred in ("official", "exact_match"):
+    for preferred in ("unifiedqa", "exact_match"):
         if preferred in metrics:
             return preferred
     return metrics[0] if metrics else None
@@ -166,5 +270,33 @@ def as_row(summary: Summary, metrics: Sequence[str]) -> dict[str, Any]:
         row[f"{m}_n"], row[f"{m}_ci95_low"], row[f"{m}_ci95_high"] = estimate.n, estimate.low, estimate.high
     row.update(summary.training)
     row.update(summary.speed)
+    seeds = seeds_of(run.manifest)
+    row["config"] = config_id(run)
+    for name in SEED_FIELDS:
+        row[name.replace(".", "_")] = seeds.get(name)
     row["run"], row["digest"] = run.name, run.digest
+    return row
+
+
+def config_row(summary: Summary, metrics: Sequence[str]) -> dict[str, Any]:
+    """A flat row of a configuration: identity, seeds, metric means, then each metric's sd and
+    t-interval across seeds (empty for one seed), speed and training means, the runs."""
+    run = summary.run
+    row: dict[str, Any] = {"model": run.model, "method": run.method, "shots": run.shots, "decoding": run.decoding}
+    if summary.slice_kind:
+        row["slice_kind"], row["slice"] = summary.slice_kind, summary.slice_value
+    row["n_seeds"], row["n"] = summary.n_seeds, summary.n
+    for m in metrics:
+        row[m] = summary.quality[m].mean
+    for m in metrics:
+        estimate = summary.quality[m]
+        seeded = estimate.over == "seeds"
+        row[f"{m}_sd"] = estimate.sd if seeded else None
+        row[f"{m}_ci95_low"], row[f"{m}_ci95_high"] = (estimate.low, estimate.high) if seeded else (None, None)
+    row.update(summary.training)
+    row.update(summary.speed)
+    members = summary.seeds or (summary,)
+    row["config"] = config_id(run)
+    row["seeds"] = "; ".join(seed_label(seeds_of(s.run.manifest)) for s in members)
+    row["runs"] = " ".join(f"{s.run.name}/{s.run.digest}" for s in members)
     return row

@@ -22,16 +22,21 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     report.add_argument("--jobs", type=int, help="scoring processes (default: CPU count)")
     report.add_argument("--no-figures", action="store_true", help="skip the figures (tables only)")
-    compare = commands.add_parser("compare", help="paired comparison of two runs on their shared examples")
+    compare = commands.add_parser("compare", help="paired comparison of two runs (or, with --seeds, two configurations seed by seed) on their shared examples")
     compare.add_argument("run_a", metavar="RUN_A", help="run folder runs/<name>/<digest>, or a name/digest within --source")
     compare.add_argument("run_b", metavar="RUN_B")
     compare.add_argument("--source", help="storage to look the runs up in by name")
     compare.add_argument("--metrics", nargs="+", help="scorers to compare (default: every registered scorer)")
-    compare.add_argument("--correct", metavar="METRIC", help="metric defining a correct answer for McNemar (default: official, else exact_match)")
+    compare.add_argument("--correct", metavar="METRIC", help="metric defining a correct answer for McNemar (default: unifiedqa, else exact_match)")
     compare.add_argument("--threshold", type=float, help="score at which an answer counts as correct (default 1.0)")
     compare.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     compare.add_argument("--jobs", type=int, help="scoring processes (default: CPU count)")
     compare.add_argument("--json", metavar="FILE", help="also write the comparison as JSON")
+    compare.add_argument(
+        "--seeds", action="store_true",
+        help="compare the configurations of RUN_A and RUN_B seed by seed: every completed run of each (same manifest apart from seeds) "
+        "in --source, else in the storage holding the run, paired by seed; per seed and over all seeds",
+    )
     return parser
 
 
@@ -46,9 +51,44 @@ def _report(args: argparse.Namespace) -> int:
         error(f"skipped: {skipped}")
     for note in analysis.notes:
         error(f"not compared: {note}")
-    print_summary(analysis.runs, analysis.headline)
+    for note in analysis.pooled.notes:
+        error(f"not pooled: {note}")
+    print_summary(analysis.pooled.configs, analysis.headline)
     for path in paths:
         print(path)
+    return 0
+
+
+def _differing(differing: tuple) -> dict[str, list]:
+    return {name: [a, b] for name, a, b in differing}
+
+
+def _compare_seeds(args: argparse.Namespace) -> int:
+    from analysis.compare import compare_seeds
+    from analysis.terminal import print_seed_comparison
+
+    result = compare_seeds(args.run_a, args.run_b, args.source, args.metrics, args.correct, args.threshold, args.seed, args.jobs)
+    print_seed_comparison(result)
+    if args.json:
+        payload = {
+            "a": f"{result.a.name}/{result.a.digest}",
+            "b": f"{result.b.name}/{result.b.digest}",
+            "differing_fields": _differing(result.differing),
+            "paired_on": list(result.paired_on),
+            "shared_examples": result.shared,
+            "seeds": [
+                {
+                    "seed": pair.seed, "a": f"{pair.a.name}/{pair.a.digest}", "b": f"{pair.b.name}/{pair.b.digest}", "shared_examples": pair.shared,
+                    "differences": {m: asdict(d) for m, d in pair.differences.items()},
+                    "mcnemar": {"correct": result.correct_rule, **asdict(pair.mcnemar)},
+                }
+                for pair in result.pairs
+            ],
+            "over_seeds": {m: asdict(d) for m, d in result.over_seeds.items()},
+            "across_seeds": {m: asdict(e) for m, e in result.across_seeds.items()},
+            "notes": list(result.notes),
+        }
+        write_atomic(Path(args.json), json.dumps(payload, indent=2, default=str) + "\n")
     return 0
 
 
@@ -56,17 +96,21 @@ def _compare(args: argparse.Namespace) -> int:
     from analysis.compare import compare
     from analysis.terminal import print_comparison
 
+    if args.seeds:
+        return _compare_seeds(args)
     result = compare(args.run_a, args.run_b, args.source, args.metrics, args.correct, args.threshold, args.seed, args.jobs)
     print_comparison(result)
     if args.json:
         payload = {
             "a": f"{result.a.name}/{result.a.digest}",
             "b": f"{result.b.name}/{result.b.digest}",
+            "seed_twins": result.seed_twins,
+            "differing_fields": _differing(result.differing),
             "shared_examples": result.shared,
             "differences": {m: asdict(d) for m, d in result.differences.items()},
             "mcnemar": {"correct": result.correct_rule, **asdict(result.mcnemar)},
         }
-        write_atomic(Path(args.json), json.dumps(payload, indent=2) + "\n")
+        write_atomic(Path(args.json), json.dumps(payload, indent=2, default=str) + "\n")
     return 0
 
 

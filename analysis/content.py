@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
-from analysis.aggregate import Summary
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from analysis.aggregate import Summary, varying_seeds
 from analysis.document import Block, Bullets, Document, Figure, Section, Table
-from analysis.tables import estimate, number
+from analysis.seeds import config_id, seed_label, seeds_of
+from analysis.tables import estimate, estimate_of, number
 from runner.paths import METRICS_FILE, SUCCESS_FILE
 
 if TYPE_CHECKING:
@@ -36,7 +40,15 @@ DEFINITIONS = (
     "gen tok/s counts generated answer tokens per second of generation; prompt tok/s is prefill throughput (prompt "
     "tokens over time to first token); an example's latency is its batch's wall time; peak memory is the CUDA "
     "allocator peak on GPUs, the process's resident peak on CPU; acceptance is the share of draft tokens the "
-    "target model accepted. held-out ppl is the perplexity of held-out train-split answers after training."
+    "target model accepted. held-out ppl is the perplexity of held-out train-split answers after training. "
+    "Runs whose manifests differ only in seeds (`train.seed`, `icl.seed`, a decoding strategy's `seed`), evaluated "
+    "with the same model weights on the same data, are one configuration and share one row: the mean of the per-seed "
+    "means (each seed weighs the same), ± their sample standard deviation, and in brackets a 95% t-interval over the "
+    "k per-seed means (mean ± t(0.975, k−1)·sd/√k; wide with few seeds, t(0.975, 2) = 4.30, and not clipped to the "
+    "metric's range). That interval is about the seed — training, the shots drawn, "
+    "sampling — on this fixed eval set; each seed's own bootstrap interval over examples is in the Seeds section and "
+    "results.csv. Speed and training figures of such a row are means over its seeds. Runs that differ in anything else "
+    "are never pooled."
 )
 
 
@@ -44,24 +56,39 @@ def _identity(summary: Summary) -> tuple[str, str, str]:
     return summary.run.method, str(summary.run.shots), summary.run.decoding
 
 
-def _model_sections(runs: Sequence[Summary], metrics: Sequence[str]) -> list[Section]:
+def _runs_cell(summary: Summary) -> str:
+    if summary.seeds:
+        return f"config {config_id(summary.run)}: {summary.run.name} and {summary.n_seeds - 1} more seed(s) (Seeds)"
+    return f"{summary.run.name}/{summary.run.digest}"
+
+
+def _model_sections(configs: Sequence[Summary], metrics: Sequence[str], seeded: bool) -> list[Section]:
     sections = []
-    for model in dict.fromkeys(s.run.model for s in runs):
-        mine = [s for s in runs if s.run.model == model]
+    # The seeds column appears only when some configuration has several: otherwise every row is one run.
+    seed_header = ("seeds",) if seeded else ()
+    for model in dict.fromkeys(s.run.model for s in configs):
+        mine = [s for s in configs if s.run.model == model]
         quality = Table(
-            ("method", "shots", "decoding", "n", *metrics, "run"),
+            ("method", "shots", "decoding", *seed_header, "n", *metrics, "run"),
             tuple(
-                (*_identity(s), number(s.n), *(estimate(s.quality[m].mean, s.quality[m].low, s.quality[m].high) for m in metrics), f"{s.run.name}/{s.run.digest}")
+                (*_identity(s), *((number(s.n_seeds),) if seeded else ()), number(s.n), *(estimate_of(s.quality[m]) for m in metrics), _runs_cell(s))
                 for s in mine
             ),
-            (False, True, False, True, *([True] * len(metrics)), False),
+            (False, True, False, *((True,) if seeded else ()), True, *([True] * len(metrics)), False),
         )
         cost = Table(
             ("method", "shots", "decoding", *(h for h, _, _ in _COST_COLUMNS)),
             tuple((*_identity(s), *(number(getattr(s, part)[key]) for _, part, key in _COST_COLUMNS)) for s in mine),
             (False, True, False, *([True] * len(_COST_COLUMNS))),
         )
-        sections.append(Section(f"Model: {model}", ("Quality: mean [95% CI].", quality, "Training, speed and memory.", cost)))
+        caption = "Quality: mean [95% CI]."
+        if seeded:
+            caption = (
+                "Quality: mean [95% bootstrap CI over examples] for a configuration run once; mean ± sd across seeds "
+                "[95% t-interval over the per-seed means] for a configuration run with several seeds (n: examples per seed)."
+            )
+        costs = "Training, speed and memory." + (" Means over seeds where there are several." if seeded else "")
+        sections.append(Section(f"Model: {model}", (caption, quality, costs, cost)))
     return sections
 
 
@@ -76,10 +103,34 @@ def _slice_section(runs: Sequence[Summary], slices: Sequence[Summary], kind: str
         cells = []
         for value in values:
             part = cell.get((id(s.run), value))
-            cells.append("—" if part is None else f"{estimate(part.quality[headline].mean, part.quality[headline].low, part.quality[headline].high)} (n={part.n})")
+            seeds = f" × {part.n_seeds} seeds" if part is not None and part.seeds else ""
+            cells.append("—" if part is None else f"{estimate_of(part.quality[headline])} (n={part.n}{seeds})")
         rows.append((s.run.model, *_identity(s), *cells))
     table = Table(("model", "method", "shots", "decoding", *values), tuple(rows), (False, False, True, False, *([True] * len(values))))
-    return Section(title, (f"`{headline}` per {kind}: mean [95% CI] (examples).", table))
+    across = "; across seeds, mean ± sd [t-interval]" if any(s.seeds for s in runs) else ""
+    return Section(title, (f"`{headline}` per {kind}: mean [95% CI] (examples){across}.", table))
+
+
+def _seeds_section(configs: Sequence[Summary], metrics: Sequence[str]) -> Section | None:
+    pooled = [s for s in configs if s.seeds]
+    if not pooled:
+        return None
+    rows = []
+    for config in pooled:
+        fields = varying_seeds(config)
+        for s in config.seeds:
+            quality = (estimate(s.quality[m].mean, s.quality[m].low, s.quality[m].high) for m in metrics)
+            rows.append((s.run.model, *_identity(s), config_id(s.run), seed_label(seeds_of(s.run.manifest), fields), number(s.n), *quality, f"{s.run.name}/{s.run.digest}"))
+    table = Table(
+        ("model", "method", "shots", "decoding", "config", "seed", "n", *metrics, "run"),
+        tuple(rows),
+        (False, False, True, False, False, False, True, *([True] * len(metrics)), False),
+    )
+    text = (
+        "Every run of a configuration run with several seeds, one row per seed: mean [95% bootstrap CI over examples]. "
+        "The model tables pool these rows (mean ± sd [t-interval] across seeds); `seed` shows the seed fields that vary."
+    )
+    return Section("Seeds", (text, table))
 
 
 def _speed_up_section(analysis: Analysis) -> Section | None:
@@ -134,11 +185,29 @@ def _payback_section(analysis: Analysis) -> Section | None:
     return Section("Fine-tuning cost against k-shot prompting", (text, table))
 
 
+def short_prompts(table: pa.Table) -> list[str]:
+    """One line per run whose prompts held fewer shots than its manifest asked for (small pool, context fit)."""
+    if "n_shots" not in table.column_names or table.num_rows == 0:
+        return []
+    short = table.filter(pc.less(table["n_shots"], table["shots"]))
+    if short.num_rows == 0:
+        return []
+    totals = dict(zip(*table.group_by("run").aggregate([("n_shots", "count")]).to_pydict().values()))
+    grouped = short.group_by(["run", "shots"]).aggregate([("n_shots", "count"), ("n_shots", "min")]).to_pylist()
+    return [
+        f"`{row['run']}`: {row['n_shots_count']} of {totals[row['run']]} prompts held fewer than the {row['shots']} shots asked (as few as {row['n_shots_min']})"
+        for row in sorted(grouped, key=lambda r: r["run"])
+    ]
+
+
 def build_document(analysis: Analysis, figures: Sequence[Figure]) -> Document:
     """The report's sections in reading order."""
     loaded = analysis.loaded
+    configs = analysis.pooled.configs
+    seeded = analysis.seeded
+    pooled = f" in {len(configs)} configuration(s), {sum(1 for s in configs if s.seeds)} with several seeds pooled" if seeded else ""
     overview = (
-        f"Source: `{analysis.source}` — {len(loaded.runs)} completed run(s), {loaded.table.num_rows:,} predictions"
+        f"Source: `{analysis.source}` — {len(loaded.runs)} completed run(s){pooled}, {loaded.table.num_rows:,} predictions"
         + (f", {len(analysis.skipped)} item(s) skipped (listed below)" if analysis.skipped else "")
         + f". Metrics: {', '.join(f'`{m}`' for m in analysis.metrics)}"
         + (f"; figures lead with `{analysis.headline}`." if analysis.headline else ".")
@@ -148,10 +217,19 @@ def build_document(analysis: Analysis, figures: Sequence[Figure]) -> Document:
         sections.append(Section("Skipped", ("Left out of every table; nothing was changed or deleted.", Bullets(tuple(str(s) for s in analysis.skipped)))))
     if analysis.notes:
         sections.append(Section("Not compared", (Bullets(tuple(analysis.notes)),)))
-    sections += _model_sections(analysis.runs, analysis.metrics)
+    short = short_prompts(loaded.table)
+    if short:
+        intro = "Filed under the shots asked for, but some prompts held fewer (a dataset with too few train examples, or shots dropped to fit the context):"
+        sections.append(Section("Fewer shots than asked", (intro, Bullets(tuple(short)))))
+    if analysis.pooled.notes:
+        sections.append(Section("Not pooled", ("Runs that differ only in seeds but are kept apart:", Bullets(tuple(analysis.pooled.notes)))))
+    sections += _model_sections(configs, analysis.metrics, seeded)
+    seeds = _seeds_section(configs, analysis.metrics)
+    if seeds:
+        sections.append(seeds)
     if analysis.headline:
         for kind, title in (("format", "Per answer format"), ("dataset", "Per dataset")):
-            section = _slice_section(analysis.runs, analysis.slices, kind, analysis.headline, title)
+            section = _slice_section(configs, analysis.pooled.slices, kind, analysis.headline, title)
             if section:
                 sections.append(section)
     for section in (_speed_up_section(analysis), _payback_section(analysis)):

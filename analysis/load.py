@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import pyarrow as pa
@@ -113,6 +113,8 @@ class RunInfo:
     start: int
     """First row of this run in the combined table; its rows are contiguous."""
     stop: int
+    model_identity: dict[str, Any] = field(default_factory=dict)
+    """What the weights were (provenance.json `model`: hub commit or file hashes); {} if unrecorded."""
 
     @property
     def name(self) -> str:
@@ -190,6 +192,14 @@ def _read_json(ref: RunRef, run_key: str, required: bool = True) -> dict[str, An
     return value
 
 
+def read_manifest(ref: RunRef) -> dict[str, Any] | None:
+    """A completed run's resolved manifest, or None when it is missing or unusable."""
+    try:
+        return _read_manifest(ref)
+    except _RunProblem:
+        return None
+
+
 def _read_manifest(ref: RunRef) -> dict[str, Any]:
     where = ref.where(ref.keys.manifest)
     if not ref.store.exists(ref.key(ref.keys.manifest)):
@@ -200,10 +210,10 @@ def _read_manifest(ref: RunRef) -> dict[str, Any]:
         raise _RunProblem(where, f"not valid YAML: {exc}") from None
     if not isinstance(manifest, dict):
         raise _RunProblem(where, "not a resolved manifest (expected a mapping)")
-    for section, field in (("model", None), ("method", "kind"), ("icl", "shots"), ("decoding", "kind"), ("data", "datasets")):
+    for section, key in (("model", None), ("method", "kind"), ("icl", "shots"), ("decoding", "kind"), ("data", "datasets")):
         block = manifest.get(section)
-        if not isinstance(block, dict) or (field is not None and field not in block):
-            raise _RunProblem(where, f"not a resolved manifest: no {section}{'.' + field if field else ''}")
+        if not isinstance(block, dict) or (key is not None and key not in block):
+            raise _RunProblem(where, f"not a resolved manifest: no {section}{'.' + key if key else ''}")
     return manifest
 
 
@@ -329,7 +339,10 @@ def load_runs(refs: Sequence[RunRef], show_progress: bool = True) -> Loaded:
             continue
         eval_set = _eval_set(p.manifest, p.provenance)
         stop = start + table.num_rows
-        runs.append(RunInfo(p.ref, p.manifest, p.metrics, identity["model"], identity["method"], identity["shots"], identity["decoding"], eval_set, start, stop))
+        model_identity = p.provenance.get("model") if isinstance(p.provenance.get("model"), dict) else {}
+        runs.append(
+            RunInfo(p.ref, p.manifest, p.metrics, identity["model"], identity["method"], identity["shots"], identity["decoding"], eval_set, start, stop, model_identity)
+        )
         tables.append(table)
         start = stop
     table = pa.concat_tables(tables) if tables else empty_table()

@@ -44,9 +44,14 @@ def _save(fig: Any, name: str, target: LocalStore) -> None:
 
 def display_labels(summaries: Sequence[Summary]) -> dict[int, str]:
     """id(summary) → its configuration label, with the run name added where one model has two
-    runs of the same method, shots and decoding (say LoRA r=4 and r=16)."""
+    runs of the same method, shots and decoding (say LoRA r=4 and r=16), and the seed count of a
+    configuration whose seeds were pooled."""
     counts = Counter((s.run.model, s.run.label) for s in summaries)
-    return {id(s): s.run.label if counts[(s.run.model, s.run.label)] == 1 else f"{s.run.label} ({s.run.name})" for s in summaries}
+    labels = {}
+    for s in summaries:
+        tags = ([s.run.name] if counts[(s.run.model, s.run.label)] > 1 else []) + ([f"{s.n_seeds} seeds"] if s.seeds else [])
+        labels[id(s)] = s.run.label + (f" ({', '.join(tags)})" if tags else "")
+    return labels
 
 
 def _colors(n: int) -> list[Any]:
@@ -80,11 +85,15 @@ def metric_bars(summaries: Sequence[Summary], metric: str, target: LocalStore) -
         ax.bar(xs, means, width, yerr=_errors(means, lows, highs), capsize=2, label=config, color=color)
     ax.set_xticks(range(len(models)), models)
     ax.set_ylabel(f"{metric} (mean)")
-    ax.set_title(f"{metric} by model and configuration (whiskers: 95% bootstrap CI)")
+    pooled = any(s.seeds for s in present)
+    whiskers = "95% CI; over seeds: t-interval" if pooled else "95% bootstrap CI"
+    ax.set_title(f"{metric} by model and configuration (whiskers: {whiskers})")
     ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left", title="method · shots · decoding", title_fontsize=7)
     ax.grid(axis="y", alpha=0.3)
     name = f"bars_{metric}"
     _save(fig, name, target)
+    if pooled:
+        return Figure(name, f"{metric} per model and configuration, with 95% confidence intervals: a bootstrap over examples for one run, a t-interval over the per-seed means for a configuration run with several seeds.")
     return Figure(name, f"{metric} per model and configuration, with 95% bootstrap confidence intervals.")
 
 

@@ -1,14 +1,16 @@
 """`python -m analysis report SOURCE --out DIR`: load, score, aggregate, write every artifact.
 
-Artifacts (in DIR): results.csv (one row per run), results_by_slice.csv (per run × format and
-run × dataset), results.parquet (one row per example, with scores), report.md, report.html
-(self-contained), figures/*.png and *.svg. Each file is written atomically.
+Artifacts (in DIR): results.csv (one row per run, with its seeds and configuration id),
+results_by_config.csv (one row per configuration, its seeds pooled), results_by_slice.csv (per
+run × format and run × dataset), results.parquet (one row per example, with scores), report.md,
+report.html (self-contained), figures/*.png and *.svg. Each file is written atomically.
 """
 
 from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
@@ -16,7 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from analysis import plots
-from analysis.aggregate import Summary, as_row, headline_metric, summarize
+from analysis.aggregate import Pooled, Summary, as_row, config_row, headline_metric, pool_seeds, summarize
 from analysis.document import Figure
 from analysis.load import Loaded, Skipped, find_runs, load_runs
 from analysis.pairs import Payback, SpeedUp, paybacks, speed_ups
@@ -47,6 +49,16 @@ class Analysis:
     def skipped(self) -> tuple[Skipped, ...]:
         return self.loaded.skipped
 
+    @cached_property
+    def pooled(self) -> Pooled:
+        """One summary per configuration, runs that differ only in seeds pooled (tables, figures)."""
+        return pool_seeds(self.runs, self.slices)
+
+    @property
+    def seeded(self) -> bool:
+        """Whether some configuration was run with several seeds."""
+        return any(s.seeds for s in self.pooled.configs)
+
 
 def analyse(source: str, metrics: Sequence[str] | None = None, seed: int = 0, jobs: int | None = None, show_progress: bool = True) -> Analysis:
     """Load every completed run under `source`, score and aggregate; UserError if none is usable."""
@@ -73,26 +85,28 @@ def write_figures(analysis: Analysis, target: LocalStore) -> list[Figure]:
     """Every figure the runs support, headline metric first."""
     figures: list[Figure | None] = []
     ordered = ([analysis.headline] if analysis.headline else []) + [m for m in analysis.metrics if m != analysis.headline]
-    figures += [plots.metric_bars(analysis.runs, m, target) for m in ordered]
+    configs, slices = analysis.pooled.configs, analysis.pooled.slices
+    figures += [plots.metric_bars(configs, m, target) for m in ordered]
     if analysis.headline:
         figures += [
-            plots.quality_vs_speed(analysis.runs, analysis.headline, target),
-            plots.quality_vs_memory(analysis.runs, analysis.headline, target),
-            plots.format_heatmap(analysis.runs, analysis.slices, analysis.headline, target),
-            plots.shots_curve(analysis.runs, analysis.headline, target),
+            plots.quality_vs_speed(configs, analysis.headline, target),
+            plots.quality_vs_memory(configs, analysis.headline, target),
+            plots.format_heatmap(configs, slices, analysis.headline, target),
+            plots.shots_curve(configs, analysis.headline, target),
         ]
     figures.append(plots.speed_up_bars(analysis.speed_ups, analysis.runs, target))
     return [f for f in figures if f is not None]
 
 
 def write_tables(analysis: Analysis, target: LocalStore) -> list[str]:
-    """results.csv, results_by_slice.csv and results.parquet; returns their keys."""
+    """results.csv, results_by_config.csv, results_by_slice.csv and results.parquet; returns their keys."""
     target.write_bytes("results.csv", to_csv([as_row(s, analysis.metrics) for s in analysis.runs]).encode())
+    target.write_bytes("results_by_config.csv", to_csv([config_row(s, analysis.metrics) for s in analysis.pooled.configs]).encode())
     target.write_bytes("results_by_slice.csv", to_csv([as_row(s, analysis.metrics) for s in analysis.slices]).encode())
     sink = io.BytesIO()
     pq.write_table(with_scores(analysis.loaded.table, analysis.scores), sink, compression="zstd")
     target.write_bytes("results.parquet", sink.getvalue())
-    return ["results.csv", "results_by_slice.csv", "results.parquet"]
+    return ["results.csv", "results_by_config.csv", "results_by_slice.csv", "results.parquet"]
 
 
 def write_report(

@@ -1,4 +1,5 @@
-"""Confidence intervals and tests: percentile bootstrap of a mean, paired bootstrap, McNemar.
+"""Confidence intervals and tests: percentile bootstrap of a mean, t-interval across seeds,
+paired bootstrap, McNemar.
 
 Every random draw comes from a generator seeded by (seed, a label of what is resampled), so a
 number does not change when other runs are added to the report or the order of work changes.
@@ -8,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import statistics
 from dataclasses import dataclass
+from typing import Literal, Sequence
 
 import numpy as np
 
@@ -64,12 +67,17 @@ def _bounds(means: np.ndarray, level: float) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class Estimate:
-    """A mean over n values with its percentile bootstrap interval."""
+    """A mean over n values with its 95% interval: a percentile bootstrap over examples, or a
+    t-interval over the per-seed means of a configuration run with several seeds."""
 
     n: int
+    """Values the mean is over: examples, or seeds when `over` is "seeds"."""
     mean: float | None
     low: float | None
     high: float | None
+    sd: float | None = None
+    """Sample standard deviation (n − 1) of the per-seed means; None over examples or for one seed."""
+    over: Literal["examples", "seeds"] = "examples"
 
 
 def bootstrap_mean(values: np.ndarray, label: str, seed: int = 0, resamples: int = RESAMPLES, level: float = LEVEL) -> Estimate:
@@ -79,6 +87,28 @@ def bootstrap_mean(values: np.ndarray, label: str, seed: int = 0, resamples: int
         return Estimate(0, None, None, None)
     low, high = _bounds(resample_means(present, generator(seed, label), resamples), level)
     return Estimate(len(present), mean(present), low, high)
+
+
+def across_seeds(means: Sequence[float | None], level: float = LEVEL) -> Estimate:
+    """Mean of per-seed means, their sample sd and the t-interval mean ± t(level, k − 1)·sd/√k.
+
+    Each seed weighs the same. The interval is about the seed (training, shot draw, sampling) on
+    this fixed eval set, not about which questions were asked: the runs' own bootstrap intervals
+    say that. None where no seed has a value; sd and interval None for a single seed.
+    """
+    present = [m for m in means if m is not None]
+    if not present:
+        return Estimate(0, None, None, None, over="seeds")
+    k, centre = len(present), math.fsum(present) / len(present)
+    if k == 1:
+        return Estimate(1, centre, None, None, over="seeds")
+    from scipy.stats import t
+
+    sd = statistics.stdev(present)
+    half = float(t.ppf((1 + level) / 2, k - 1)) * sd / math.sqrt(k)
+    # Rounded like bootstrap bounds: the t quantile and the square root differ in the last bits
+    # between libm builds, and the files stay byte-stable.
+    return Estimate(k, centre, round(centre - half, BOUND_DECIMALS), round(centre + half, BOUND_DECIMALS), sd, "seeds")
 
 
 @dataclass(frozen=True)

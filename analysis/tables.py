@@ -1,4 +1,5 @@
-"""results.csv and results_by_slice.csv, and number formatting for tables people read.
+"""results.csv, results_by_config.csv and results_by_slice.csv, and number formatting for tables
+people read.
 
 CSV cells are exact and byte-stable: floats as Python's shortest round-trip repr, None as an
 empty cell, columns in a fixed order. Readable tables round instead (see `number`).
@@ -9,6 +10,8 @@ from __future__ import annotations
 import csv
 import io
 from typing import Any, Sequence
+
+from analysis.stats import Estimate
 
 
 def _csv_cell(value: Any) -> str:
@@ -48,6 +51,13 @@ def number(value: float | int | None) -> str:
     if size >= 0.01 or value == 0:
         return f"{value:.3f}"
     return f"{value:.2g}"
+
+
+def estimate_of(value: Estimate) -> str:
+    """An estimate for people: `mean [low, high]` over examples, `mean ± sd [low, high]` across seeds."""
+    if value.over == "seeds" and value.mean is not None and value.sd is not None:
+        return f"{value.mean:.3f} ± {value.sd:.3f}" + ("" if value.low is None or value.high is None else f" [{value.low:.3f}, {value.high:.3f}]")
+    return estimate(value.mean, value.low, value.high)
 
 
 def estimate(mean: float | None, low: float | None, high: float | None) -> str:

@@ -108,7 +108,14 @@ class SyntheticRun:
     max_eval_examples: int | None = None
     data_tag: str = ""
     """Changes the data hashes in provenance.json: runs with different tags used different data."""
+    model_tag: str = ""
+    """Changes the model hash in provenance.json: runs with different tags used other weights."""
     seed: int = 0
+    """`train.seed`; with the name, also seeds the run's predictions."""
+    icl_seed: int = 0
+    decoding_seed: int | None = None
+    """`decoding.seed` (strategies that sample); None writes no such field."""
+    learning_rate: float = 2e-4
 
 
 def manifest_of(run: SyntheticRun, datasets: Sequence[str], shard_size: int) -> dict:
@@ -119,9 +126,12 @@ def manifest_of(run: SyntheticRun, datasets: Sequence[str], shard_size: int) -> 
         "model": {"hub": None, "revision": None, "path": None, "package": run.model, "dtype": "auto", "trust_remote_code": False},
         "data": {"root": "data", "datasets": list(datasets), "train_split": "train", "eval_split": "dev", "max_train_examples": None, "max_eval_examples": run.max_eval_examples},
         "method": {"kind": run.method},
-        "train": {"steps": 10 if run.train_seconds is not None else None, "learning_rate": 0.0002, "seed": run.seed},
-        "icl": {"shots": run.shots, "seed": 0},
-        "decoding": {"max_new_tokens": 16, "batch_size": 1 if run.acceptance is not None else run.batch_size, "stop": ["\n"], "kind": run.decoding},
+        "train": {"steps": 10 if run.train_seconds is not None else None, "learning_rate": run.learning_rate, "seed": run.seed},
+        "icl": {"shots": run.shots, "seed": run.icl_seed},
+        "decoding": {
+            "max_new_tokens": 16, "batch_size": 1 if run.acceptance is not None else run.batch_size, "stop": ["\n"], "kind": run.decoding,
+            **({} if run.decoding_seed is None else {"seed": run.decoding_seed}),
+        },
         "eval": {"metrics": ["exact_match", "f1"], "shard_size": shard_size},
         "output": {"storage": None},
     }
@@ -176,7 +186,8 @@ def write_run(storage: Path, run: SyntheticRun, examples: Sequence[Example], sha
     store = LocalStore(storage)
     store.write_bytes(keys.manifest, text.encode())
     data = {f"{d}/dev.tsv": hashlib.sha256(f"{d}{run.data_tag}".encode()).hexdigest() for d in datasets}
-    store.write_bytes(keys.provenance, json.dumps({"digest": keys.digest, "data": data}, indent=2).encode())
+    model = {"package": run.model, "sha256": hashlib.sha256(f"{run.model}{run.model_tag}".encode()).hexdigest()}
+    store.write_bytes(keys.provenance, json.dumps({"digest": keys.digest, "model": model, "data": data}, indent=2).encode())
     rng = random.Random(f"{run.seed}:{run.name}")
     for shard, start in enumerate(range(0, len(examples), shard_size)):
         table = shard_rows(run, examples[start : start + shard_size], shard, rng)

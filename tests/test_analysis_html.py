@@ -43,7 +43,7 @@ def html_report(tmp_path_factory) -> Path:
     storage = tmp_path_factory.mktemp("runs")
     write_sample(storage)
     out = tmp_path_factory.mktemp("report")
-    write_report(str(storage), out, ["exact_match", "f1", "official"], jobs=1, show_progress=False)
+    write_report(str(storage), out, ["exact_match", "f1", "unifiedqa"], jobs=1, show_progress=False)
     return out / "report.html"
 
 

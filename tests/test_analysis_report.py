@@ -51,7 +51,7 @@ def test_fixed_shards_give_a_byte_identical_results_csv(sample, tmp_path):
 def test_a_second_report_writes_identical_files(sample, report, tmp_path):
     _, first = report
     write_report(str(sample), tmp_path, jobs=1, show_progress=False)
-    for name in ("results.csv", "results_by_slice.csv", "report.md", "report.html", "figures/bars_official.svg", "figures/pareto_speed.png"):
+    for name in ("results.csv", "results_by_slice.csv", "report.md", "report.html", "figures/bars_unifiedqa.svg", "figures/pareto_speed.png"):
         assert (tmp_path / name).read_bytes() == (first / name).read_bytes(), name
 
 
@@ -59,7 +59,7 @@ def test_report_writes_tables_markdown_self_contained_html_and_figures(report):
     analysis, out = report
     for name in ("results.csv", "results_by_slice.csv", "results.parquet", "report.md", "report.html"):
         assert (out / name).stat().st_size > 0, name
-    for figure in ("bars_official", "bars_exact_match", "pareto_speed", "memory", "heatmap_format", "speed_up", "shots_curve"):
+    for figure in ("bars_unifiedqa", "bars_exact_match", "pareto_speed", "memory", "heatmap_format", "speed_up", "shots_curve"):
         assert (out / "figures" / f"{figure}.png").stat().st_size > 1000, figure
         assert (out / "figures" / f"{figure}.svg").read_text().lstrip().startswith("<?xml"), figure
     page = (out / "report.html").read_text()

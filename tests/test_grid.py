@@ -51,7 +51,10 @@ def test_two_expansions_in_fresh_processes_are_byte_identical(tmp_path):
 
 @pytest.mark.parametrize("grid, folder", GRIDS)
 def test_generated_manifests_validate_once_their_data_exists(grid, folder, tmp_path, capsys):
-    # `validate` also checks that data files exist; give it empty ones where the cells look.
+    # `validate` also checks that data files exist and hold enough shots: give each dataset the
+    # checked-in synthetic set of its answer format where the cells look.
+    from runner.data import DATASET_FORMATS
+
     copy = tmp_path / "manifests" / folder
     shutil.copytree(REPO / "manifests" / folder, copy)
     for cell in _cells(folder):
@@ -59,7 +62,8 @@ def test_generated_manifests_validate_once_their_data_exists(grid, folder, tmp_p
         for dataset in cell["data"]["datasets"]:
             (root / dataset).mkdir(parents=True, exist_ok=True)
             for split in ("train", "dev"):
-                (root / dataset / f"{split}.tsv").touch()
+                source = REPO / "data" / "synthetic" / f"synthetic_{DATASET_FORMATS[dataset]}" / f"{split}.tsv"
+                shutil.copyfile(source, root / dataset / f"{split}.tsv")
     assert main(["validate", str(copy)]) == 0, capsys.readouterr().err
 
 
@@ -75,8 +79,9 @@ def test_grid_has_every_model_method_prompt_and_decoding_asked_for():
     assert {c["model"]["hub"] for c in speculative} == {"google/gemma-7b"}
     assert {c["decoding"]["draft"]["hub"] for c in speculative} == {"google/gemma-2b"}
     assert {c["decoding"]["kind"] for c in cells} == {"greedy", "prompt_lookup", "speculative"}
-    # A method that does not train carries no train block, so its run digest ignores training settings.
-    assert all(("train" in c) == (c["method"]["kind"] != "none") for c in cells)
+    # The seed axis gives every cell its seeds, so untrained cells carry a train block too; a method
+    # that trains nothing ignores it (its evaluation's identity holds no training settings).
+    assert all((c["train"]["seed"], c["icl"]["seed"]) == (0, 0) for c in cells)
 
 
 def test_seed_study_keeps_the_published_settings():

@@ -10,7 +10,6 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from conftest import REPO, SYNTHETIC, stage_folders, write_manifest
 from runner.cli import main

@@ -91,3 +91,8 @@ def test_small_dataset_pool_is_noted_and_its_short_prompts_are_counted(tiny_mani
     assert main(["run", str(manifest), "--storage", str(storage)]) == 0
     icl = json.loads((stage_folders(manifest, storage)[0] / "metrics.json").read_text())["icl"]
     assert icl["rows_with_fewer_shots"] == 3 and icl["shots_used_min"] == 1, "the three 'small' queries held one shot each"
+    from analysis.cli import main as analysis_main
+
+    assert analysis_main(["report", str(storage), "--out", str(tmp_path / "report"), "--no-figures"]) == 0
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "## Fewer shots than asked" in report and "3 of 6 prompts held fewer than the 3 shots asked (as few as 1)" in report
