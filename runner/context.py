@@ -5,7 +5,6 @@ from the same bytes.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from runner.methods import METHODS, Method
 from runner.model_spec import DraftSpec, ModelSpec
 from runner.models import ModelIdentity, folder_sha256, identify_model
 from runner.paths import RunKeys, TrainingKeys
-from runner.readers import answers_file, parse_split
+from runner.readers import read_split
 from runner.storage import Store, open_store
 
 
@@ -34,43 +33,30 @@ class DataRead:
     evaluate: tuple[Example, ...]
 
 
-def _read_split(loaded: LoadedManifest, files: list[Path], split: str, limit: int | None, parse: bool) -> tuple[dict[str, str], list[Example]]:
+def _read_split(loaded: LoadedManifest, files: list[Path], split: str, limit: int | None) -> tuple[dict[str, str], list[Example]]:
     hashes, examples, problems = {}, [], []
-    data_format = loaded.manifest.data.format
     for file in files:
-        beside, answers = answers_file(file, data_format), None
         try:
-            data = file.read_bytes()
-            if beside is not None:
-                try:
-                    answers = beside.read_bytes()
-                except FileNotFoundError:
-                    pass  # optional: without it the split's own targets are the references
+            read = read_split(file, file.parent.name, split, loaded.manifest.data.format)
         except OSError as exc:
             problems.append(Problem(f"cannot read: {exc.strerror}", exc.filename or str(file)))
             continue
-        hashes[loaded.relative_data_name(file)] = hashlib.sha256(data).hexdigest()
-        if answers is not None:
-            # The gold answers are references: a changed answers file is changed data.
-            hashes[loaded.relative_data_name(beside)] = hashlib.sha256(answers).hexdigest()
-        if parse:
-            try:
-                examples += parse_split(data, file, file.parent.name, split, data_format, limit, answers=answers)
-            except DataError as exc:
-                problems += exc.problems  # every broken file is reported, not just the first
+        hashes.update({loaded.relative_data_name(path): sha for path, sha in read.sha256.items()})
+        problems += read.problems  # every broken file is reported, not just the first
+        examples += read.examples if limit is None else read.examples[:limit]
     if problems:
         raise DataError(problems)
     return hashes, examples
 
 
-def read_data(loaded: LoadedManifest, parse: bool = True) -> DataRead:
-    """Hash (and parse) every data file the manifest reads; DataError naming unfetched or broken files."""
+def read_data(loaded: LoadedManifest) -> DataRead:
+    """Hash and parse every data file the manifest reads; DataError naming unfetched or broken files."""
     missing = unfetched_data(loaded)
     if missing:
         raise DataError(f"{len(missing)} data file(s) not fetched yet, e.g. {missing[0]}; run `{fetch_command(missing)}`")
     data = loaded.manifest.data
-    train_hashes, train = _read_split(loaded, loaded.train_files(), data.train_split, data.max_train_examples, parse)
-    eval_hashes, evaluate = _read_split(loaded, loaded.eval_files(), data.eval_split, data.max_eval_examples, parse)
+    train_hashes, train = _read_split(loaded, loaded.train_files(), data.train_split, data.max_train_examples)
+    eval_hashes, evaluate = _read_split(loaded, loaded.eval_files(), data.eval_split, data.max_eval_examples)
     return DataRead(train_hashes, eval_hashes, tuple(train), tuple(evaluate))
 
 
@@ -115,11 +101,11 @@ class DraftSource:
     """What enters the evaluation digest: the training digest, or the weights (+ adapter hash)."""
 
 
-def draft_source(loaded: LoadedManifest, draft: DraftSpec, parse: bool = True) -> DraftSource:
+def draft_source(loaded: LoadedManifest, draft: DraftSpec) -> DraftSource:
     """Resolve a draft block: another manifest's training, a saved adapter, or a plain model."""
     if draft.manifest is not None:
         owner = load_manifest(loaded.resolve(draft.manifest))
-        stage = training_stage(owner, read_data(owner, parse=parse))
+        stage = training_stage(owner, read_data(owner))
         model = identify_model(owner.manifest.model, owner.base_dir)
         fingerprint = {"training": stage.keys.digest} if stage else {"dtype": owner.manifest.model.dtype, **model.fingerprint}
         return DraftSource(owner.manifest.model, owner, stage, None, fingerprint)
@@ -168,7 +154,7 @@ def identify(loaded: LoadedManifest, data: DataRead) -> tuple[TrainingStage | No
     manifest = loaded.manifest
     training = training_stage(loaded, data)
     spec = DECODINGS.get(manifest.decoding.kind).draft(manifest.decoding)
-    draft = draft_source(loaded, spec, parse=bool(data.evaluate)) if spec is not None else None
+    draft = draft_source(loaded, spec) if spec is not None else None
     if training is not None:
         base = {"training": training.keys.digest}
     else:

@@ -90,8 +90,6 @@ def generate_shards(context: RunContext, target, todo: list[int]) -> None:
             f"decoding.max_new_tokens: {decoding.largest_new_tokens} new tokens (+{overhead} method tokens) leave "
             f"{budget} of the model's {target.context_length}-token context for the prompt"
         )
-    if icl.shots > len(pool):
-        raise UserError(f"icl.shots: {icl.shots} shots need at least as many examples in the train split, which has {len(pool)}")
     fmt = PromptFormat(target.tokenizer, icl)
     model = target.model
 

@@ -6,7 +6,6 @@ Importing this module must stay cheap (no torch): `runner validate` runs in a se
 
 from __future__ import annotations
 
-import functools
 import re
 import string
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from runner.errors import ManifestError, Problem
 from runner.methods import METHODS
 from runner.model_spec import ModelSpec
 from runner.paths import TRAININGS
-from runner.readers import READERS, split_file
+from runner.readers import READERS, read_split, split_file
 from runner.scoring import SCORERS
 from runner.spec import Spec
 from runner.yaml_lines import LineIndex, parse_yaml, read_text
@@ -389,20 +388,6 @@ def _data_problems(loaded: LoadedManifest, index: LineIndex, shown: str) -> list
     return problems
 
 
-@functools.lru_cache(maxsize=256)
-def _parsed_count(path: Path, size: int, mtime_ns: int, dataset: str, split: str, data_format: str) -> tuple[int, tuple[Problem, ...]]:
-    """(examples, problems) of one data file, parsed once per process (keyed by size and mtime)."""
-    from runner.errors import DataError
-    from runner.readers import parse_split
-
-    try:
-        return len(parse_split(path.read_bytes(), path, dataset, split, data_format, None)), ()
-    except DataError as exc:
-        return 0, tuple(exc.problems)
-    except OSError as exc:
-        return 0, (Problem(f"cannot read: {exc.strerror}", str(path)),)
-
-
 def train_pool_sizes(loaded: LoadedManifest) -> tuple[dict[str, int], list[Problem]]:
     """Train examples each dataset offers as shots (after max_train_examples), and the train files' problems.
 
@@ -415,9 +400,13 @@ def train_pool_sizes(loaded: LoadedManifest) -> tuple[dict[str, int], list[Probl
         file = loaded.data_file(dataset, data.train_split)
         if not file.is_file():
             return {}, []
-        stat = file.stat()
-        count, found = _parsed_count(file, stat.st_size, stat.st_mtime_ns, dataset, data.train_split, data.format)
-        problems += found
+        try:
+            read = read_split(file, dataset, data.train_split, data.format)  # cached: the run reuses it
+        except OSError as exc:
+            problems.append(Problem(f"cannot read: {exc.strerror}", str(file)))
+            continue
+        problems += read.problems
+        count = len(read.examples)
         sizes[dataset] = count if data.max_train_examples is None else min(count, data.max_train_examples)
     return sizes, problems
 

@@ -180,7 +180,7 @@ def load_trained(stage: TrainingStage, store: Store):
 
 def load_draft(source: DraftSource, store: Store):
     """The speculative draft, ready to propose: trained weights merged in where the method allows."""
-    from runner.models import load_model, load_pretrained
+    from runner.models import load_pretrained
 
     if source.training is not None:
         draft = load_trained(source.training, store)
@@ -190,6 +190,4 @@ def load_draft(source: DraftSource, store: Store):
 
         base = load_pretrained(source.model_spec, source.owner.base_dir)
         return replace(base, model=PeftModel.from_pretrained(base.model, str(source.adapter)).merge_and_unload().eval())
-    if source.owner.manifest.model is source.model_spec:
-        return load_model(source.owner)  # another manifest's untrained model, loaded as it would load it
     return load_pretrained(source.model_spec, source.owner.base_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import json
@@ -361,20 +362,15 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def server(tmp_path, monkeypatch):
-    """A local HTTP server holding squad1_1 and boolq dev files; yields (base URL, request log)."""
+@contextlib.contextmanager
+def _serving(directory: Path, monkeypatch):
+    """A local HTTP server for `directory`; yields (base URL, request log)."""
     for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
-    remote = tmp_path / "remote"
-    write(remote, "squad1_1", "dev", "who?" + SEP + "ann ran.\tann\n")
-    write(remote, "boolq", "dev", "is it?" + SEP + "it is.\tyes\n")
     requests: list[str] = []
     release = threading.Event()
     handler = type("Handler", (_Handler,), {"requests": requests, "release": release})
-    httpd = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(handler, directory=str(remote))
-    )
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(directory)))
     # A short poll interval makes shutdown() return in ~10 ms instead of the default 0.5 s.
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
     thread.start()
@@ -384,6 +380,16 @@ def server(tmp_path, monkeypatch):
         release.set()
         httpd.shutdown()
         httpd.server_close()
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    """A local HTTP server holding squad1_1 and boolq dev files; yields (base URL, request log)."""
+    remote = tmp_path / "remote"
+    write(remote, "squad1_1", "dev", "who?" + SEP + "ann ran.\tann\n")
+    write(remote, "boolq", "dev", "is it?" + SEP + "it is.\tyes\n")
+    with _serving(remote, monkeypatch) as served:
+        yield served
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -460,20 +466,8 @@ def test_fetch_of_a_split_the_bucket_lacks_is_rejected_before_any_download(serve
 @pytest.fixture
 def official_server(monkeypatch):
     """A local HTTP server holding tests/fixtures/unifiedqa; yields (base URL, request log)."""
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    requests: list[str] = []
-    handler = type("Handler", (_Handler,), {"requests": requests, "release": threading.Event()})
-    httpd = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(handler, directory=str(OFFICIAL_FIXTURES))
-    )
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", requests
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with _serving(OFFICIAL_FIXTURES, monkeypatch) as served:
+        yield served
 
 
 def test_fetched_official_files_parse_with_each_datasets_format(official_server, tmp_path):

@@ -89,7 +89,7 @@ def _stage_digests(path: Path) -> tuple[str, str]:
     from runner.models import identify_model
 
     loaded = load_manifest(path)
-    data = read_data(loaded, parse=False)
+    data = read_data(loaded)
     model = identify_model(loaded.manifest.model, loaded.base_dir)
     training = training_digest(training_request(loaded.manifest), model.fingerprint, data.train_hashes)
     return training, evaluation_digest(evaluation_request(loaded.manifest), {"training": training}, None, data.eval_hashes)

@@ -209,17 +209,8 @@ def uqa_fix_buggy_characters(str):
     return re.sub("[{}^\\\\`\u2047<]", " ", str)
 
 
-def uqa_f1_score(prediction, ground_truth):
-    prediction_tokens = official_normalize_answer(prediction).split()
-    ground_truth_tokens = official_normalize_answer(ground_truth).split()
-    common = Counter(prediction_tokens) & Counter(ground_truth_tokens)
-    num_same = sum(common.values())
-    if num_same == 0:
-        return 0
-    precision = 1.0 * num_same / len(prediction_tokens)
-    recall = 1.0 * num_same / len(ground_truth_tokens)
-    f1 = (2 * precision * recall) / (precision + recall)
-    return f1
+# evaluate_v2.py's f1_score is the SQuAD v1.1 script's, line for line (transcribed above).
+uqa_f1_score = official_f1_score
 
 
 def uqa_metric_max_over_ground_truths(metric_fn, prediction, ground_truths):

@@ -186,10 +186,6 @@ def test_holder_killed_mid_training_is_taken_over_from_its_newest_checkpoint(s3,
     assert losses == sorted(set(losses)), "each step is logged once"
 
 
-def _acceptance(storage: Path, run: str) -> float:
-    return json.loads((storage / run / "metrics.json").read_text())["generation"]["acceptance_rate"]
-
-
 def test_fine_tuned_draft_changes_proposals_but_not_greedy_answers(tiny_manifest, tmp_path, tiny_models):
     from runner.plan import build_plan
     from runner.manifest import load_manifest

@@ -7,12 +7,15 @@ parsed. Importing this package must not import torch: validation looks readers u
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from runner.data.example import Example
+from runner.errors import DataError, Problem
 from runner.registry import Registry
 
 # A dataset name becomes a folder name and part of example ids, so it must not smuggle in "/",
@@ -89,3 +92,48 @@ def parse_split(
     else:
         examples = reader.parse(data, Path(path), dataset, split, answers=answers)
     return examples if max_examples is None else examples[:max_examples]
+
+
+@dataclass(frozen=True)
+class SplitRead:
+    """One split file (with its answers file, when the format has one and it exists), read once."""
+
+    sha256: dict[Path, str]
+    """sha256 of every file read: the split, then its answers file."""
+    examples: tuple[Example, ...]
+    problems: tuple[Problem, ...]
+    """Every problem the reader found (then `examples` is empty)."""
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def read_split(path: Path, dataset: str, split: str, data_format: str) -> SplitRead:
+    """Read, hash and parse one split file (all of it, no limit); OSError if it cannot be read.
+
+    Cached per process by the files' sizes and modification times, so validation, the plan and a
+    run of many manifests over the same data parse each file once.
+    """
+    beside = answers_file(path, data_format)
+    return _read_split_cached(Path(path), dataset, split, data_format, _stamp(Path(path)), beside, _stamp(beside) if beside else None)
+
+
+@functools.lru_cache(maxsize=32)
+def _read_split_cached(path: Path, dataset: str, split: str, data_format: str, stamp, beside: Path | None, beside_stamp) -> SplitRead:
+    data = path.read_bytes()
+    sha256 = {path: hashlib.sha256(data).hexdigest()}
+    # Optional: without it the split's own targets are the references.
+    answers = beside.read_bytes() if beside is not None and beside_stamp is not None else None
+    if answers is not None:
+        # The gold answers are references: a changed answers file is changed data.
+        sha256[beside] = hashlib.sha256(answers).hexdigest()
+    try:
+        examples = parse_split(data, path, dataset, split, data_format, None, answers=answers)
+    except DataError as exc:
+        return SplitRead(sha256, (), tuple(exc.problems))
+    return SplitRead(sha256, tuple(examples), ())
