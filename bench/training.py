@@ -120,6 +120,7 @@ def run_variant(method: str, batching: str, args: argparse.Namespace, workdir: P
     import yaml
 
     from runner.icl import PromptFormat
+    from runner.prompt_style import requested_style
     from runner.manifest import load_manifest
     from runner.methods import METHODS as REGISTRY
     from runner.methods import MethodContext
@@ -138,7 +139,7 @@ def run_variant(method: str, batching: str, args: argparse.Namespace, workdir: P
     loaded = load_manifest(manifest_path)
     manifest = loaded.manifest
     base = load_model(loaded)
-    fmt = PromptFormat(base.tokenizer, manifest.icl)
+    fmt = PromptFormat(base.tokenizer, manifest.icl, requested_style(manifest))
     examples = uneven_examples(args.steps * args.batch_size, args.seed, args.max_extra_contexts)
     lengths = [len(ids) for ids in tokenize_for_training(examples, fmt, args.max_seq_length)["input_ids"]]
     registered = REGISTRY.get(METHODS[method]["kind"])

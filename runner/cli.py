@@ -24,6 +24,7 @@ def _is_grid(path: Path) -> bool:
 
 def _validate(args: argparse.Namespace) -> int:
     from runner.manifest import check_manifest, fetch_command, manifest_files, shot_notes, unfetched_data
+    from runner.prompt_style import describe as describe_style
 
     files = manifest_files([Path(p) for p in args.paths])
     missing = [p for p in args.paths if not Path(p).exists()]
@@ -31,6 +32,7 @@ def _validate(args: argparse.Namespace) -> int:
     grids = [f for f in files if f.exists() and _is_grid(f)]
     unfetched: set[Path] = set()
     notes: list[str] = []
+    styles: dict[str, list[Path]] = {}
     for grid in grids:
         from runner.grid import expand
 
@@ -45,6 +47,8 @@ def _validate(args: argparse.Namespace) -> int:
             problems += [str(p) for p in found]
             unfetched.update(unfetched_data(loaded) if loaded else [])
             notes += shot_notes(loaded) if loaded else []
+            if loaded:
+                styles.setdefault(describe_style(loaded.manifest), []).append(file)
     for line in problems:
         error(line)
     if not files and not missing:
@@ -58,6 +62,9 @@ def _validate(args: argparse.Namespace) -> int:
         error(f"note: {note}")
     grid_note = f" and {len(grids)} grid(s)" if grids else ""
     print(f"{len(manifests)} manifest(s){grid_note} valid")
+    for style, paths in sorted(styles.items()):
+        shown = ", ".join(p.name for p in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        print(f"  {style} — {shown}")
     return 0
 
 

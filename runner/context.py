@@ -18,6 +18,7 @@ from runner.methods import METHODS, Method
 from runner.model_spec import DraftSpec, ModelSpec
 from runner.models import ModelIdentity, folder_sha256, identify_model
 from runner.paths import RunKeys, TrainingKeys
+from runner.prompt_style import requested_style
 from runner.readers import read_split
 from runner.storage import Store, open_store
 
@@ -147,6 +148,11 @@ class RunContext:
     @property
     def location(self) -> str:
         return f"{self.store.uri}/{self.keys.prefix}"
+
+    @property
+    def prompt_style(self) -> str:
+        """The prompt format asked for: `chat` (if the tokenizer has a template) or `plain`."""
+        return requested_style(self.manifest)
 
 
 def identify(loaded: LoadedManifest, data: DataRead) -> tuple[TrainingStage | None, DraftSource | None, RunKeys]:

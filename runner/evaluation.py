@@ -75,29 +75,33 @@ def load_evaluated_model(context: RunContext):
 def generate_shards(context: RunContext, target, todo: list[int]) -> None:
     """Answer and store the shards in `todo`, one Parquet object each."""
     from runner.backoff import MemoryBackoff
-    from runner.generate import Query, generate_batch, length_batches
+    from runner.generate import Query, length_batches
     from runner.icl import PromptFormat, select_shots, shot_rng
     from runner.perplexity import reference_nll
     from runner.prefix_cache import PrefixCache
+    from runner.protocols import PROTOCOLS, prepare
 
     manifest, store, keys = context.manifest, context.store, context.keys
     decoding, size, icl = manifest.decoding, manifest.eval.shard_size, manifest.icl
+    protocol = PROTOCOLS.get(manifest.eval.protocol)
     evaluate, pool = context.data.evaluate, list(context.data.train)
     overhead = context.method.prompt_overhead(manifest.method)
-    budget = target.context_length - decoding.largest_new_tokens - overhead
-    if budget < 16:
-        raise UserError(
-            f"decoding.max_new_tokens: {decoding.largest_new_tokens} new tokens (+{overhead} method tokens) leave "
-            f"{budget} of the model's {target.context_length}-token context for the prompt"
-        )
-    fmt = PromptFormat(target.tokenizer, icl)
-    model = target.model
+    fmt = PromptFormat(target.tokenizer, icl, context.prompt_style)
+
+    def budget_of(example) -> int:
+        reserved = protocol.reserve(fmt, example, decoding)
+        budget = target.context_length - reserved - overhead
+        if budget < 16:
+            raise UserError(
+                f"{example.id}: {reserved} tokens reserved for the answer (+{overhead} method tokens) leave "
+                f"{budget} of the model's {target.context_length}-token context for the prompt; lower decoding.max_new_tokens"
+            )
+        return budget
 
     def by_format(query: Query) -> int:
-        return decoding.new_tokens_for(query.example.format)
+        return decoding.new_tokens_for(query.example.format) if protocol.decodes else 0
 
-    extra = context.decoding.prepare(decoding, context, target)
-    prefix_cache = PrefixCache(model, target.device) if context.method.shares_prompt_prefix else None
+    state = prepare(context, target, fmt, PrefixCache(target.model, target.device) if context.method.shares_prompt_prefix else None)
     total = sum(len(evaluate[i * size : (i + 1) * size]) for i in todo)
 
     def queries_of(index: int) -> list[Query]:
@@ -105,31 +109,31 @@ def generate_shards(context: RunContext, target, todo: list[int]) -> None:
         for example in evaluate[index * size : (index + 1) * size]:
             rng = shot_rng(icl.seed, example, icl.same_shots_for_all)
             shots = select_shots(example, pool, icl.shots, rng, icl.strategy)
-            prompt, ids = fmt.fit(example, shots, budget)
+            prompt, ids = fmt.fit(example, shots, budget_of(example))
             queries.append(Query(example, prompt, ids))
         return queries
 
     def answer(batch: list[Query]):
-        return generate_batch(model, fmt.tokenizer, batch, decoding, target.device, extra, prefix_cache)
+        return protocol.answer(state, batch)
 
     def answer_and_score(batch: list[Query]):
-        generated = answer(batch)
+        answered = answer(batch)
         if not manifest.eval.reference_perplexity:
-            return generated, [(None, None)] * len(batch)
-        return generated, reference_nll(model, fmt, batch, target.device, target.context_length)
+            return answered, [(None, None)] * len(batch)
+        return answered, reference_nll(target.model, fmt, batch, target.device, target.context_length)
 
     backoff = MemoryBackoff(decoding.batch_size)
     for batch in length_batches(queries_of(todo[0]), decoding.batch_size, by_format)[: decoding.warmup_batches]:
         backoff.run(batch, answer)  # untimed: first calls pay for allocation and kernel selection
-    with progress("generating", total) as bar:
+    with progress("generating" if protocol.decodes else "scoring choices", total) as bar:
         for index in todo:
             rows = []
             for number, batch in enumerate(length_batches(queries_of(index), decoding.batch_size, by_format)):
                 parts = backoff.run(batch, answer_and_score)
-                for part_number, (part, (generated, likelihoods)) in enumerate(parts):
+                for part_number, (part, (answered, likelihoods)) in enumerate(parts):
                     label = f"{index:05d}-{number:04d}" + (f"-{part_number}" if len(parts) > 1 else "")
-                    for row, (nll, tokens) in zip(generated, likelihoods):
-                        rows.append({**row, "batch": label, "reference_nll": nll, "reference_tokens": tokens})
+                    for row, (nll, tokens) in zip(answered, likelihoods):
+                        rows.append({**row, "batch": label, "prompt_format": fmt.style, "reference_nll": nll, "reference_tokens": tokens})
                 bar.advance(len(batch))
             # First writer wins: an evaluation run twice at once leaves one version of each shard.
             store.write_new(keys.shard(index), encode_shard(rows))

@@ -72,10 +72,16 @@ def select_shots(
 class PromptFormat:
     """Turns examples into prompt and completion text for one tokenizer and ICL setup."""
 
-    def __init__(self, tokenizer: Any, spec: IclSpec):
+    def __init__(self, tokenizer: Any, spec: IclSpec, style: str = "plain"):
+        """`style` is the requested format (runner.prompt_style); `chat` needs the tokenizer's template."""
         self.tokenizer = tokenizer
         self.spec = spec
-        self.chat = spec.chat_template == "auto" and bool(getattr(tokenizer, "chat_template", None))
+        self.chat = style == "chat" and bool(getattr(tokenizer, "chat_template", None))
+
+    @property
+    def style(self) -> str:
+        """The format prompts really get: `chat` or `plain` (recorded with every prediction)."""
+        return "chat" if self.chat else "plain"
 
     def _body(self, query: Example, shots: Sequence[Example]) -> str:
         blocks = [self.spec.instruction] if self.spec.instruction else []

@@ -18,10 +18,11 @@ import json
 from typing import Any
 
 from runner.manifest import Manifest, resolved_dict
+from runner.prompt_style import requested_style
 
 PROMPT_LAYOUT = ("instruction", "example_template", "chat_template")
 """`icl` fields that shape every training sequence (shots do not: training is zero-shot)."""
-EVAL_SETTINGS = ("shard_size", "merge_adapter", "reference_perplexity")
+EVAL_SETTINGS = ("shard_size", "merge_adapter", "reference_perplexity", "protocol")
 """`eval` fields that change what an evaluation stores (`metrics` does not: scoring is redone from shards)."""
 
 
@@ -38,7 +39,7 @@ def training_request(manifest: Manifest) -> dict[str, Any]:
         "model": {key: value for key, value in content["model"].items() if key != "trust_remote_code"},
         "method": content["method"],
         "train": content["train"],
-        "prompt": {key: content["icl"][key] for key in PROMPT_LAYOUT},
+        "prompt": {**{key: content["icl"][key] for key in PROMPT_LAYOUT}, "style": requested_style(manifest)},
         "data": {key: data[key] for key in ("format", "datasets", "train_split", "max_train_examples")},
         # Data parallelism changes the effective batch and the order examples are seen in.
         "devices": content["devices"],
@@ -61,7 +62,7 @@ def evaluation_request(manifest: Manifest) -> dict[str, Any]:
     return {
         "model_dtype": content["model"]["dtype"],
         "method": content["method"],
-        "icl": content["icl"],
+        "icl": {**content["icl"], "style": requested_style(manifest)},
         "decoding": content["decoding"],
         "data": {key: data[key] for key in selection},
         "eval": {key: content["eval"][key] for key in EVAL_SETTINGS},

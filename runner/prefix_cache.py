@@ -77,21 +77,52 @@ class PrefixCache:
         self._tokens, self._cache = list(tokens), cache
         return cache
 
-    def _suffix_cache(self, prefix: Any, suffixes: Sequence[Sequence[int]], pad_id: int, width: int):
-        """Keys and values of the prefix plus `suffixes`, each right-aligned in `width` columns
-        after the prefix; the gap is zeros that the attention mask hides."""
+    def _continue(self, prefix: Any, suffixes: Sequence[Sequence[int]], pad_id: int, keep: int):
+        """A copy of the prefix cache per suffix, extended by the left-padded suffixes, and the
+        logits of their last `keep` positions (None when no suffix has a token)."""
         import torch
 
         cache = copy.deepcopy(prefix)
         cache.batch_repeat_interleave(len(suffixes))
         prefix_tokens = cache.get_seq_length()
+        if not max(len(s) for s in suffixes):
+            return cache, None
+        ids, mask = left_pad(suffixes, pad_id, self.device)
+        mask = torch.cat([torch.ones((len(suffixes), prefix_tokens), dtype=mask.dtype, device=self.device), mask], dim=1)
+        # Positions follow the mask, so every real token keeps its position in the unpadded prompt.
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, prefix_tokens:]
+        with torch.inference_mode():
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=keep).logits
+        return cache, logits
+
+    def tail_logits(self, sequences: Sequence[Sequence[int]], pad_id: int, keep: int, shareable: int):
+        """Logits of the last `keep` positions of every sequence, [rows, keep, vocabulary], with
+        at most the first `shareable` tokens computed once for all; None when nothing is shared.
+
+        Scoring continuations needs the logits of their positions, so those must lie after the
+        shared prefix (`shareable`, the caller's bound) and every sequence keeps `keep` tokens
+        of its own. Groups of PREFILL_ROWS rows bound the copies of the prefix cache."""
+        import torch
+
+        shared = min(shared_prefix_length(sequences), shareable, min(len(s) for s in sequences) - keep)
+        window = self._window()
+        if shared < 1 or (window is not None and max(len(s) for s in sequences) > window):
+            return None
+        prefix = self._prefix_cache(list(sequences[0][:shared]))
+        parts = [
+            self._continue(prefix, [s[shared:] for s in sequences[start : start + PREFILL_ROWS]], pad_id, keep)[1]
+            for start in range(0, len(sequences), PREFILL_ROWS)
+        ]
+        return torch.cat(parts)
+
+    def _suffix_cache(self, prefix: Any, suffixes: Sequence[Sequence[int]], pad_id: int, width: int):
+        """Keys and values of the prefix plus `suffixes`, each right-aligned in `width` columns
+        after the prefix; the gap is zeros that the attention mask hides."""
+        import torch
+
+        prefix_tokens = prefix.get_seq_length()
         longest = max(len(s) for s in suffixes)
-        if longest:
-            ids, mask = left_pad(suffixes, pad_id, self.device)
-            mask = torch.cat([torch.ones((len(suffixes), prefix_tokens), dtype=mask.dtype, device=self.device), mask], dim=1)
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, prefix_tokens:]
-            with torch.inference_mode():
-                self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
+        cache, _ = self._continue(prefix, suffixes, pad_id, 1)
         layers = []
         for layer in cache.layers:
             keys, values = layer.keys, layer.values

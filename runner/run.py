@@ -32,7 +32,8 @@ from runner.evaluation import (
     shard_count,
     write_metrics,
 )
-from runner.manifest import LoadedManifest
+from runner.manifest import LoadedManifest, unanswerable
+from runner.protocols import PROTOCOLS
 from runner.paths import RunKeys
 from runner.training_stage import ensure_trained, release_memory
 
@@ -61,6 +62,11 @@ def check_inputs(context: RunContext) -> None:
     shots, pool = context.manifest.icl.shots, len(context.data.train)
     if shots > pool:
         raise UserError(f"icl.shots: {shots} shots need at least as many examples in the train split, which has {pool}")
+    protocol = PROTOCOLS.get(context.manifest.eval.protocol)
+    unanswerable_rows = [e for e in context.data.evaluate if e.format not in protocol.formats]
+    if unanswerable_rows:
+        first = unanswerable_rows[0]
+        raise UserError(f"data: {len(unanswerable_rows)} evaluated example(s), e.g. {first.id}: " + unanswerable(context.manifest.eval.protocol, first.dataset, first.format))
     context.decoding.check(context.manifest.decoding, context)
 
 

@@ -11,7 +11,7 @@ import pyarrow as pa
 from runner.scoring import SCORERS, Scored, aggregate
 
 # Shard columns a scorer may read (see runner.scoring.Scored).
-_SCORED_COLUMNS = ("id", "dataset", "format", "prediction", "references", "options", "reference_nll", "reference_tokens")
+_SCORED_COLUMNS = ("id", "dataset", "format", "prediction", "references", "options", "choices", "choice_logprobs", "reference_nll", "reference_tokens")
 
 
 def score_rows(rows: Sequence[dict], metrics: Sequence[str]) -> list[dict[str, float | None]]:

@@ -40,6 +40,11 @@ SHARD_SCHEMA = pa.schema(
         ("draft_accepted_tokens", pa.int32()),
         ("reference_nll", pa.float64()),
         ("reference_tokens", pa.int32()),
+        ("prompt_format", pa.string()),
+        ("protocol", pa.string()),
+        ("choices", pa.list_(pa.string())),
+        ("choice_logprobs", pa.list_(pa.float64())),
+        ("choice_tokens", pa.list_(pa.int32())),
     ]
 )
 

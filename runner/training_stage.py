@@ -104,6 +104,7 @@ def _train(stage: TrainingStage, store: Store, lease: Lease | None) -> dict[str,
     from runner import provenance
     from runner.checkpoints import checkpoint_publisher, publish_log, restore_training
     from runner.icl import PromptFormat
+    from runner.prompt_style import requested_style
     from runner.methods import MethodContext
     from runner.models import load_model
     from runner.train import planned_steps, train
@@ -114,7 +115,7 @@ def _train(stage: TrainingStage, store: Store, lease: Lease | None) -> dict[str,
         record = {"request": stage.request, "model": stage.model.as_dict(), "data": stage.data_hashes}
         store.write_bytes(keys.spec, yaml.safe_dump(record, sort_keys=False).encode())
     base = load_model(stage.loaded)
-    fmt = PromptFormat(base.tokenizer, manifest.icl)
+    fmt = PromptFormat(base.tokenizer, manifest.icl, requested_style(manifest))
     steps = planned_steps(manifest.train, len(stage.examples))
     context = MethodContext(total_steps=steps, model_type=base.model.config.model_type, tokenizer=base.tokenizer, device=base.device)
     # Adapter initialisation draws from torch's global generator; seeding it makes it repeatable.

@@ -60,13 +60,13 @@ def test_chat_template_wraps_prompt_and_completion_ends_the_turn(small_data, tin
         "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
         "{% if add_generation_prompt %}<|assistant|>{% endif %}"
     )
-    fmt = PromptFormat(tokenizer, IclSpec())
+    fmt = PromptFormat(tokenizer, IclSpec(), "chat")
     example = load_split(small_data, ["synthetic_yes_no"], "dev", 1)[0]
     prompt = fmt.prompt(example)
-    assert prompt.text.startswith("<s><|user|>") and prompt.text.endswith("<|assistant|>")
+    assert prompt.text.startswith("<s><|user|>") and prompt.text.endswith("<|assistant|>") and fmt.style == "chat"
     assert not prompt.add_special_tokens and fmt.encode(prompt).count(tokenizer.bos_token_id) == 1
     assert fmt.completion(prompt, "yes") == "yes<|end|>"
-    assert not PromptFormat(tokenizer, IclSpec(chat_template="never")).chat
+    assert PromptFormat(tokenizer, IclSpec(), "plain").style == "plain"
 
 
 def test_cut_at_stop_uses_the_earliest_stop_string():

@@ -29,6 +29,10 @@ class Scored:
     """Answer format, one of runner.data.example.FORMATS; "" when unknown."""
     dataset: str = ""
     """Dataset name, as in Example.dataset (a UnifiedQA name or a JSONL dataset); "" when unknown."""
+    choices: tuple[str, ...] = ()
+    """The answers the log-likelihood protocol ranked (options, or yes and no); () for generated answers."""
+    choice_logprobs: tuple[float, ...] = ()
+    """Summed log-probability of each choice as a continuation of the prompt."""
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Scored:
@@ -40,6 +44,8 @@ class Scored:
             options=tuple(row.get("options") or ()),
             format=row.get("format") or "",
             dataset=row.get("dataset") or "",
+            choices=tuple(row.get("choices") or ()),
+            choice_logprobs=tuple(row.get("choice_logprobs") or ()),
         )
 
 
