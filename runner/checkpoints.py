@@ -56,7 +56,28 @@ def publish_log(store: Store, keys: TrainingKeys, log_path: Path) -> None:
         store.write_bytes(keys.train_log, log_path.read_bytes())
 
 
-def checkpoint_publisher(store: Store, keys: TrainingKeys, checkpoint_dir: Path, log_path: Path):
+def restore_tensorboard(store: Store, keys: TrainingKeys) -> Path:
+    """The local event-file folder, holding what earlier attempts published (put_dir replaces the folder)."""
+    if store.dir_complete(keys.tensorboard):
+        return store.sync_down(keys.tensorboard)
+    return store.local_dir(keys.tensorboard)
+
+
+def publish_tensorboard(store: Store, keys: TrainingKeys, folder: Path | None) -> None:
+    """Upload the event files as they stand (nothing for the local store, whose folder is storage)."""
+    if folder is not None and any(p.is_file() for p in folder.rglob("*")):
+        store.put_dir(keys.tensorboard, folder)
+
+
+def tensorboard_callback(folder: Path):
+    """transformers' TensorBoard callback writing into `folder` (tensorboardX's writer: no TensorFlow)."""
+    from tensorboardX import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return TensorBoardCallback(tb_writer=SummaryWriter(logdir=str(folder)))
+
+
+def checkpoint_publisher(store: Store, keys: TrainingKeys, checkpoint_dir: Path, log_path: Path, tensorboard: Path | None = None):
     """A TrainerCallback that publishes each complete checkpoint; list it after every callback that writes into checkpoints."""
     from transformers import TrainerCallback
 
@@ -71,6 +92,7 @@ def checkpoint_publisher(store: Store, keys: TrainingKeys, checkpoint_dir: Path,
             # The log first: it then holds exactly the steps up to this checkpoint, so a host
             # that resumes from it neither misses nor repeats a record.
             publish_log(store, keys, log_path)
+            publish_tensorboard(store, keys, tensorboard)
             folder = checkpoint_dir / f"{CHECKPOINT_PREFIX}{state.global_step}"
             if (folder / CHECKPOINT_COMPLETE).is_file():
                 store.put_dir(f"{keys.checkpoints}/{folder.name}", folder)

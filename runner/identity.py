@@ -22,6 +22,8 @@ from runner.prompt_style import requested_style
 
 PROMPT_LAYOUT = ("instruction", "example_template", "chat_template")
 """`icl` fields that shape every training sequence (shots do not: training is zero-shot)."""
+OBSERVERS = ("report_to",)
+"""`train` fields that only watch a training: they change no weight, so no digest."""
 EVAL_SETTINGS = ("shard_size", "merge_adapter", "reference_perplexity", "protocol")
 """`eval` fields that change what an evaluation stores (`metrics` does not: scoring is redone from shards)."""
 
@@ -38,7 +40,7 @@ def training_request(manifest: Manifest) -> dict[str, Any]:
     return {
         "model": {key: value for key, value in content["model"].items() if key != "trust_remote_code"},
         "method": content["method"],
-        "train": content["train"],
+        "train": {key: value for key, value in content["train"].items() if key not in OBSERVERS},
         "prompt": {**{key: content["icl"][key] for key in PROMPT_LAYOUT}, "style": requested_style(manifest)},
         "data": {key: data[key] for key in ("format", "datasets", "train_split", "max_train_examples")},
         # Data parallelism changes the effective batch and the order examples are seen in.

@@ -101,6 +101,12 @@ class TrainSpec(Spec):
     eval_steps: int | None = Field(None, ge=1)
     """Held-out evaluation every N steps (default: save_steps), logged to train_log.jsonl."""
     logging_steps: int = Field(10, ge=1)
+    """Trainer log records (loss, learning rate, grad norm) every N steps, in train_log.jsonl."""
+    report_to: tuple[Literal["tensorboard"], ...] = ()
+    """Also log training to these trackers: `tensorboard` writes event files next to the
+    training's artifacts (`trainings/<digest>/tensorboard/`; `tensorboard --logdir` on a copy).
+    Not part of the training's identity: a training reused from storage keeps the event files
+    of the run that trained it."""
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> TrainSpec:

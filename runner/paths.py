@@ -50,6 +50,7 @@ PREDICTIONS_DIR = "predictions"
 CHECKSUMS_FILE = "_CHECKSUMS.json"
 ADAPTER_DIR = "adapter"
 CHECKPOINTS_DIR = "checkpoints"
+TENSORBOARD_DIR = "tensorboard"
 LEASE_DIR = "lease"
 
 
@@ -87,6 +88,11 @@ class TrainingKeys:
     @property
     def checkpoints(self) -> str:
         return self._key(CHECKPOINTS_DIR)
+
+    @property
+    def tensorboard(self) -> str:
+        """TensorBoard event files, when the training asked for them (`train.report_to`)."""
+        return self._key(TENSORBOARD_DIR)
 
     @property
     def lease(self) -> str:

@@ -102,7 +102,7 @@ def _train(stage: TrainingStage, store: Store, lease: Lease | None) -> dict[str,
     import transformers
 
     from runner import provenance
-    from runner.checkpoints import checkpoint_publisher, publish_log, restore_training
+    from runner.checkpoints import checkpoint_publisher, publish_log, publish_tensorboard, restore_tensorboard, restore_training, tensorboard_callback
     from runner.icl import PromptFormat
     from runner.prompt_style import requested_style
     from runner.methods import MethodContext
@@ -125,9 +125,11 @@ def _train(stage: TrainingStage, store: Store, lease: Lease | None) -> dict[str,
     if distributed.is_main():
         restore_training(store, keys, checkpoint_dir, log_path)  # a fresh host continues from storage
         store.write_bytes(keys.provenance, json.dumps(provenance.collect(base.device, base.identity.as_dict(), stage.data_hashes, keys.digest), indent=2).encode())
+    tensorboard = restore_tensorboard(store, keys) if "tensorboard" in manifest.train.report_to and distributed.is_main() else None
+    trackers = [tensorboard_callback(tensorboard)] if tensorboard is not None else []
     distributed.barrier()
     # The publisher goes last: the method's callbacks may still be writing into the checkpoint.
-    publisher = checkpoint_publisher(store, keys, checkpoint_dir, log_path)
+    publisher = checkpoint_publisher(store, keys, checkpoint_dir, log_path, tensorboard)
     result = train(
         model,
         fmt,
@@ -135,7 +137,7 @@ def _train(stage: TrainingStage, store: Store, lease: Lease | None) -> dict[str,
         manifest.train,
         checkpoint_dir=checkpoint_dir,
         log_path=log_path,
-        extra_callbacks=lambda steps: [*method.trainer_callbacks(model, manifest.method, steps), _lease_guard(lease), publisher],
+        extra_callbacks=lambda steps: [*method.trainer_callbacks(model, manifest.method, steps), _lease_guard(lease), *trackers, publisher],
         device=base.device,
         use_bf16=base.device == "cuda" and str(base.model.dtype) == "torch.bfloat16",
     )
@@ -147,6 +149,7 @@ def _train(stage: TrainingStage, store: Store, lease: Lease | None) -> dict[str,
             (Path(staging) / TRAIN_SUMMARY).write_text(json.dumps(summary, indent=2))
             store.put_dir(keys.adapter, Path(staging))
         publish_log(store, keys, log_path)
+        publish_tensorboard(store, keys, tensorboard)
         store.write_bytes(keys.success, json.dumps({"completed_at": time.time(), "steps": result.steps}).encode())
     distributed.barrier()
     log(f"trained {result.steps} steps in {result.seconds:.0f}s, final loss {result.final_loss:.4f}")

@@ -1,0 +1,51 @@
+"""train.report_to: tensorboard writes event files next to the training's artifacts, holding the
+losses train_log.jsonl holds; asking for them changes no training identity."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+from conftest import stage_folders
+from runner.cli import main
+
+
+def _scalars(folder) -> dict[str, dict[int, float]]:
+    """tag → step → value from TensorBoard event files (TFRecord: length, crc, Event proto, crc)."""
+    from tensorboardX.proto import event_pb2
+
+    found: dict[str, dict[int, float]] = {}
+    for file in sorted(folder.rglob("events.out.tfevents.*")):
+        data, offset = file.read_bytes(), 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset : offset + 8])
+            event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                found.setdefault(value.tag, {})[event.step] = value.simple_value
+    return found
+
+
+def test_tensorboard_event_files_hold_the_logged_training_losses(tiny_manifest, tmp_path):
+    manifest = tiny_manifest(
+        "tb-lora", method={"kind": "lora", "r": 4, "alpha": 8, "target_modules": "attention"},
+        train={"steps": 4, "batch_size": 4, "save_steps": 2, "logging_steps": 1, "heldout_examples": 4, "report_to": ["tensorboard"]},
+    )
+    storage = tmp_path / "runs"
+    assert main(["run", str(manifest), "--storage", str(storage)]) == 0
+    _, training = stage_folders(manifest, storage)
+    logged = [json.loads(line) for line in (training / "train_log.jsonl").read_text().splitlines()]
+    scalars = _scalars(training / "tensorboard")
+    losses = {r["step"]: r["loss"] for r in logged if "loss" in r}
+    assert losses and scalars["train/loss"].keys() == losses.keys()
+    assert all(abs(scalars["train/loss"][step] - loss) < 1e-4 for step, loss in losses.items())
+    assert "eval/loss" in scalars, "held-out loss is logged too"
+
+
+def test_asking_for_tensorboard_does_not_change_the_training_identity(tiny_manifest):
+    from runner.identity import training_request
+    from runner.manifest import load_manifest
+
+    plain = tiny_manifest("tb-off", method={"kind": "lora", "r": 4, "alpha": 8})
+    watched = tiny_manifest("tb-on", method={"kind": "lora", "r": 4, "alpha": 8}, train={"steps": 4, "batch_size": 4, "learning_rate": 1e-3, "save_steps": 2, "logging_steps": 1, "report_to": ["tensorboard"]})
+    assert training_request(load_manifest(plain).manifest) == training_request(load_manifest(watched).manifest)
