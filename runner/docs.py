@@ -137,11 +137,46 @@ def _table(title: str, schema: dict[str, Any], defs: dict[str, Any]) -> list[str
     return lines + [""]
 
 
+PROTOCOLS_AND_PROMPTS = """## Generated answers or ranked choices: `eval.protocol`
+
+`generate` (the default) lets the model write its answer with the decoding strategy; every
+scorer above judges the text. `loglikelihood` asks the model nothing to write: each choice of a
+question — its options, or `yes` and `no` for a yes/no question — is a continuation of the prompt
+(`" <choice>"` after a plain prompt, the assistant's reply after a chat prompt), tokenized as
+lm-evaluation-harness tokenizes it, and scored by the sum of its tokens' log-probabilities, with
+no end-of-sequence token. The answer is the choice with the highest sum; `acc` is lm-evaluation-
+harness's accuracy of that choice and `acc_norm` ranks by the sum divided by the choice's length
+in characters. Every choice's log-probability is stored in the prediction shards (`choices`,
+`choice_logprobs`, `choice_tokens`), so a table can be recomputed or compared item by item;
+`tests/test_lm_eval_agreement.py` runs lm-evaluation-harness itself on the same items and checks
+both agree. Use it to put a number beside a model report's or the harness's (Gemma's BoolQ and
+ARC figures are ranked this way); use `generate` to measure what the model answers when asked.
+
+Span and free-text questions (extractive, abstractive) have no choices to rank, so a
+`loglikelihood` manifest that evaluates such a dataset is refused by `runner validate` (and by
+`runner run` before any model loads, for JSONL data whose rows say so): evaluate those datasets
+in a `generate` manifest. Decoding settings do not apply, so only the default greedy block is
+accepted.
+
+## Plain prompts or the chat template: `icl.chat_template`
+
+`auto` (the default) wraps prompts in the tokenizer's chat template only for instruction-tuned
+models, and gives base models plain text, even when their tokenizer ships a template (Gemma's
+base tokenizer does, Llama 2's does not): one grid then compares its models on one prompt
+format. Whether a model is instruction-tuned is `model.instruction_tuned` when set, else read
+from its name (`-it`, `-Instruct`, `-chat`, `-sft`, ...; the packaged SmolLM2 is, the packaged
+Gemma 3 270M is not). `always` uses the chat template whenever the tokenizer has one, `never`
+never. `runner validate` prints which format each manifest gets and why; every prediction
+records the format it got (`prompt_format`), and the format is part of the training's and the
+evaluation's identity.
+"""
+
+
 def manifest_reference() -> str:
     """Markdown documenting every manifest field, one table per block."""
     schema = json_schema()
     defs = schema.get("$defs", {})
-    parts = [HEADER, *_scoring_tables(), *_table("Top level", schema, defs)]
+    parts = [HEADER, *_scoring_tables(), PROTOCOLS_AND_PROMPTS, *_table("Top level", schema, defs)]
     for name, block in defs.items():
         title = f"`{name}`"
         kind = block.get("properties", {}).get("kind", {})
