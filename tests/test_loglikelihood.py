@@ -52,10 +52,15 @@ def loglikelihood_manifest(tiny_manifest, small_data):
     return make
 
 
-def test_each_choice_logprob_equals_a_direct_unpadded_forward_pass_and_the_best_is_predicted(loglikelihood_manifest, tmp_path, tiny_models):
+@pytest.mark.parametrize("path", ["shared_prefix", "left_padded"])
+def test_each_choice_logprob_equals_a_direct_unpadded_forward_pass_and_the_best_is_predicted(loglikelihood_manifest, tmp_path, tiny_models, monkeypatch, path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    manifest = loglikelihood_manifest("ll-none", decoding={"kind": "greedy", "batch_size": 4})
+    from runner.prefix_cache import PrefixCache
+
+    if path == "left_padded":  # what methods that cannot share a prefix (prompt tuning) get
+        monkeypatch.setattr(PrefixCache, "tail_logits", lambda self, *a: None)
+    manifest = loglikelihood_manifest(f"ll-none-{path}", decoding={"kind": "greedy", "batch_size": 4})
     storage = tmp_path / "runs"
     assert main(["run", str(manifest), "--storage", str(storage)]) == 0
     run, _ = stage_folders(manifest, storage)
