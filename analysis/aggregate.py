@@ -29,6 +29,7 @@ GIB = 2**30
 SPEED_FIELDS = (
     "generated_tokens_per_second", "prompt_tokens_per_second", "examples_per_second", "time_to_first_token_p50",
     "latency_p50", "latency_p95", "generation_peak_memory_gib", "acceptance_rate", "prompt_tokens_mean", "output_tokens_mean",
+    "eval_device_seconds_per_example",
 )
 """Per-run generation figures, all recomputed from shard rows."""
 
@@ -77,6 +78,7 @@ def speed_of(rows: pa.Table) -> dict[str, float | None]:
     """
     if rows.num_rows == 0:
         return dict.fromkeys(SPEED_FIELDS)
+    shares = device_seconds_by_row(rows)
     batches = rows.group_by("batch", use_threads=False).aggregate(
         [("batch_seconds", "min"), ("batch_first_token_seconds", "min"), ("batch_first_token_seconds", "count"), ("batch_peak_memory_bytes", "max")]
     )
@@ -103,7 +105,23 @@ def speed_of(rows: pa.Table) -> dict[str, float | None]:
         "acceptance_rate": accepted / proposed if proposed and accepted is not None else None,
         "prompt_tokens_mean": prompt / rows.num_rows,
         "output_tokens_mean": generated / rows.num_rows,
+        "eval_device_seconds_per_example": math.fsum(shares) / rows.num_rows,
     }
+
+
+def device_seconds_by_row(rows: pa.Table) -> np.ndarray:
+    """Each row's share of the evaluation's device time: its batch's wall time over the batch's rows.
+
+    A batch runs on one device (with several devices each process times its own batches), so
+    the shares of a run sum to the device-seconds its evaluation took, and the shares of one
+    format's rows to what answering that format's questions took.
+    """
+    codes, _ = _codes(rows, "batch")
+    counts = np.bincount(codes)
+    seconds = np.full(len(counts), np.inf)
+    # The batch's wall time is repeated on each of its rows; min() is the value speed_of takes.
+    np.minimum.at(seconds, codes, rows.column("batch_seconds").to_numpy(zero_copy_only=False).astype(np.float64))
+    return seconds[codes] / counts[codes]
 
 
 def training_of(run: RunInfo) -> dict[str, float | None]:
@@ -138,12 +156,15 @@ def summarize(loaded: Loaded, scores: dict[str, np.ndarray], seed: int = 0) -> t
         label = f"{run.name}/{run.digest}"
         rows = loaded.table.slice(run.start, run.stop - run.start)
         runs.append(Summary(run, rows.num_rows, _quality(scores, span, label, seed), speed_of(rows), training_of(run)))
+        shares = device_seconds_by_row(rows) if rows.num_rows else np.empty(0)
         for kind, (codes, values) in sliced.items():
             within = codes[span]
             for code in sorted(np.unique(within), key=lambda c: values[c]):
-                where = np.flatnonzero(within == code) + run.start
+                local = np.flatnonzero(within == code)
                 name = values[code]
-                slices.append(Summary(run, len(where), _quality(scores, where, f"{label}|{kind}={name}", seed), slice_kind=kind, slice_value=name))
+                speed = {"eval_device_seconds_per_example": math.fsum(shares[local]) / len(local)}
+                quality = _quality(scores, local + run.start, f"{label}|{kind}={name}", seed)
+                slices.append(Summary(run, len(local), quality, speed, slice_kind=kind, slice_value=name))
     return sorted(runs, key=_report_order), sorted(slices, key=_report_order)
 
 

@@ -22,6 +22,10 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     report.add_argument("--jobs", type=int, help="scoring processes (default: CPU count)")
     report.add_argument("--no-figures", action="store_true", help="skip the figures (tables only)")
+    report.add_argument(
+        "--price-per-gpu-hour", metavar="P",
+        help="dollars per GPU-hour: costs (training + 1,000 questions) are also given in dollars (a number ≥ 0, e.g. 2.5)",
+    )
     compare = commands.add_parser("compare", help="paired comparison of two runs (or, with --seeds, two configurations seed by seed) on their shared examples")
     compare.add_argument("run_a", metavar="RUN_A", help="run folder runs/<name>/<digest>, or a name/digest within --source")
     compare.add_argument("run_b", metavar="RUN_B")
@@ -41,12 +45,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from analysis.cost import parse_price
     from analysis.report import write_report
     from analysis.terminal import print_summary
 
+    # Checked before anything is read: a typo in the price should not cost a long analysis.
+    price = None if args.price_per_gpu_hour is None else parse_price(args.price_per_gpu_hour)
     if "://" not in args.source and not Path(args.source).is_dir():
         raise UserError(f"{args.source}: no such folder")
-    analysis, paths = write_report(args.source, Path(args.out), args.metrics, args.seed, args.jobs, figures=not args.no_figures)
+    analysis, paths = write_report(args.source, Path(args.out), args.metrics, args.seed, args.jobs, figures=not args.no_figures, price_per_gpu_hour=price)
     for skipped in analysis.skipped:
         error(f"skipped: {skipped}")
     for note in analysis.notes:

@@ -8,7 +8,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from analysis.aggregate import Summary, varying_seeds
+from analysis.cost import DEFINITION as COST_DEFINITION
 from analysis.document import Block, Bullets, Document, Figure, Section, Table
+from analysis.guidance import choice_section, prompt_label, records_prompts, results_section, training_section
+from analysis.pairs import SpeedUp
 from analysis.seeds import config_id, seed_label, seeds_of
 from analysis.tables import estimate, estimate_of, number
 from runner.paths import METRICS_FILE, SUCCESS_FILE
@@ -48,7 +51,8 @@ DEFINITIONS = (
     "metric's range). That interval is about the seed — training, the shots drawn, "
     "sampling — on this fixed eval set; each seed's own bootstrap interval over examples is in the Seeds section and "
     "results.csv. Speed and training figures of such a row are means over its seeds. Runs that differ in anything else "
-    "are never pooled."
+    "are never pooled. A configuration's label is method · k-shot · decoding, followed by the prompt format (`chat` or "
+    "`plain`) and the protocol when it is not `generate`, where the shards record them; # is its row in the Results table."
 )
 
 
@@ -66,15 +70,19 @@ def _model_sections(configs: Sequence[Summary], metrics: Sequence[str], seeded: 
     sections = []
     # The seeds column appears only when some configuration has several: otherwise every row is one run.
     seed_header = ("seeds",) if seeded else ()
+    # The prompt column appears only when the shards record prompt formats (older ones do not).
+    prompts = records_prompts(configs)
+    prompt_header = ("prompt",) if prompts else ()
     for model in dict.fromkeys(s.run.model for s in configs):
         mine = [s for s in configs if s.run.model == model]
         quality = Table(
-            ("method", "shots", "decoding", *seed_header, "n", *metrics, "run"),
+            ("method", "shots", "decoding", *prompt_header, *seed_header, "n", *metrics, "run"),
             tuple(
-                (*_identity(s), *((number(s.n_seeds),) if seeded else ()), number(s.n), *(estimate_of(s.quality[m]) for m in metrics), _runs_cell(s))
+                (*_identity(s), *((prompt_label(s),) if prompts else ()), *((number(s.n_seeds),) if seeded else ()), number(s.n),
+                 *(estimate_of(s.quality[m]) for m in metrics), _runs_cell(s))
                 for s in mine
             ),
-            (False, True, False, *((True,) if seeded else ()), True, *([True] * len(metrics)), False),
+            (False, True, False, *((False,) if prompts else ()), *((True,) if seeded else ()), True, *([True] * len(metrics)), False),
         )
         cost = Table(
             ("method", "shots", "decoding", *(h for h, _, _ in _COST_COLUMNS)),
@@ -141,48 +149,62 @@ def _speed_up_section(analysis: Analysis) -> Section | None:
             u.run.run.model, u.run.run.method, str(u.run.run.shots), u.run.run.decoding,
             number(u.run.speed["generated_tokens_per_second"]), number(u.baseline.speed["generated_tokens_per_second"]),
             "—" if u.speed_up is None else f"{u.speed_up:.2f}×", number(u.acceptance_rate),
-            "—" if u.quality_change is None else f"{u.quality_change:+.3f}", f"{u.run.run.name}/{u.run.run.digest} vs {u.baseline.run.name}/{u.baseline.run.digest}",
+            "—" if u.quality_change is None else f"{u.quality_change:+.3f}", _identical(u),
+            f"{u.run.run.name}/{u.run.run.digest} vs {u.baseline.run.name}/{u.baseline.run.digest}",
         )
         for u in analysis.speed_ups
     )
     headline = analysis.headline or ""
     table = Table(
-        ("model", "method", "shots", "decoding", "gen tok/s", "greedy gen tok/s", "speed-up", "acceptance", f"Δ {headline}", "runs"),
+        ("model", "method", "shots", "decoding", "gen tok/s", "greedy gen tok/s", "speed-up", "acceptance", f"Δ {headline}", "identical answers", "runs"),
         rows,
-        (False, False, True, False, True, True, True, True, True, False),
+        (False, False, True, False, True, True, True, True, True, True, False),
     )
-    text = "Each non-greedy run against the greedy run whose manifest is the same apart from decoding."
+    text = (
+        "Each non-greedy run against the greedy run whose manifest is the same apart from decoding. Identical answers: the share "
+        "of the examples both answered whose answer is the same string as greedy's. Speculative decoding and prompt lookup keep "
+        "only tokens the target model itself picks greedily, so they should give 100%; less means numerical differences "
+        "(batch shapes, kernels) changed an argmax somewhere. Sampling differs from greedy by design."
+    )
     return Section("Decoding speed-up over greedy", (text, table))
 
 
-def _payback_section(analysis: Analysis) -> Section | None:
+def _identical(up: SpeedUp) -> str:
+    share = up.identical_share
+    return "—" if share is None else f"{share:.1%} ({up.identical:,}/{up.compared:,})"
+
+
+def _payback_section(analysis: Analysis, figure: Figure | None) -> Section | None:
     if not analysis.paybacks:
         return None
     headline = analysis.headline or ""
+    numbers = analysis.numbers
     rows = tuple(
         (
-            p.tuned.run.model, f"{p.tuned.run.method} ({p.tuned.run.shots}-shot)", f"{p.prompted.run.method} ({p.prompted.run.shots}-shot)",
+            p.tuned.run.model, f"#{numbers[id(p.tuned.run)]} {p.tuned.run.method} ({p.tuned.run.shots}-shot)",
+            f"#{numbers[id(p.prompted.run)]} {p.prompted.run.method} ({p.prompted.run.shots}-shot)",
             p.tuned.run.decoding,
             number(p.tuned.quality[headline].mean if headline else None), number(p.prompted.quality[headline].mean if headline else None),
             number(p.tuned.speed["prompt_tokens_mean"]), number(p.prompted.speed["prompt_tokens_mean"]),
-            number(p.prompt_tokens_per_second), number(p.seconds_saved_per_query), number(p.train_seconds),
+            number(p.prompt_tokens_per_second), number(p.seconds_saved_per_query), number(p.train_gpu_seconds),
             "—" if p.breakeven_queries is None else f"{p.breakeven_queries:,}",
         )
         for p in analysis.paybacks
     )
     table = Table(
         ("model", "fine-tuned", "prompting", "decoding", f"{headline} tuned", f"{headline} prompted", "prompt tok/query tuned",
-         "prompt tok/query prompted", "prompt tok/s", "s saved/query", "train s", "break-even queries"),
+         "prompt tok/query prompted", "prompt tok/s", "s saved/query", "train GPU-s", "break-even queries"),
         rows,
         (False, False, False, False, *([True] * 8)),
     )
     text = (
-        "For each fine-tuned run and each k-shot prompting run of the same model and decoding: the prompt tokens a query "
-        "saves × 1 / the prompting run's measured prefill throughput = seconds saved per query; break-even = train seconds "
-        "/ seconds saved per query (— when the fine-tuned prompt is not shorter). Generation time is left out: answers are "
-        "about as long either way."
+        "For each fine-tuned configuration and each k-shot prompting configuration of the same model and decoding (seeds "
+        "pooled: their mean training time and throughput): the prompt tokens a query "
+        "saves × 1 / the prompting run's measured prefill throughput = seconds saved per query; break-even = training "
+        "GPU-seconds (wall time × devices) / seconds saved per query (— when the fine-tuned prompt is not shorter). "
+        "Generation time is left out: answers are about as long either way."
     )
-    return Section("Fine-tuning cost against k-shot prompting", (text, table))
+    return Section("Fine-tuning cost against k-shot prompting", (text, table, *((figure,) if figure else ())))
 
 
 def short_prompts(table: pa.Table) -> list[str]:
@@ -223,6 +245,11 @@ def build_document(analysis: Analysis, figures: Sequence[Figure]) -> Document:
         sections.append(Section("Fewer shots than asked", (intro, Bullets(tuple(short)))))
     if analysis.pooled.notes:
         sections.append(Section("Not pooled", ("Runs that differ only in seeds but are kept apart:", Bullets(tuple(analysis.pooled.notes)))))
+    placed = {f.name: f for f in figures}
+    sections.append(results_section(analysis))
+    choice = choice_section(analysis, placed.pop("pareto_cost", None))
+    if choice:
+        sections.append(choice)
     sections += _model_sections(configs, analysis.metrics, seeded)
     seeds = _seeds_section(configs, analysis.metrics)
     if seeds:
@@ -232,11 +259,13 @@ def build_document(analysis: Analysis, figures: Sequence[Figure]) -> Document:
             section = _slice_section(configs, analysis.pooled.slices, kind, analysis.headline, title)
             if section:
                 sections.append(section)
-    for section in (_speed_up_section(analysis), _payback_section(analysis)):
+    breakeven = placed.pop("breakeven", None)
+    curves = placed.pop("loss_curves", None)
+    for section in (_speed_up_section(analysis), _payback_section(analysis, breakeven), training_section(analysis, curves)):
         if section:
             sections.append(section)
-    if figures:
-        blocks: list[Block] = list(figures)
+    if placed:
+        blocks: list[Block] = list(placed.values())
         sections.append(Section("Figures", tuple(blocks)))
-    sections.append(Section("How the numbers are computed", (DEFINITIONS,)))
+    sections.append(Section("How the numbers are computed", (DEFINITIONS, COST_DEFINITION)))
     return Document("qabench report", tuple(sections))

@@ -14,6 +14,8 @@ class Table:
     headers: tuple[str, ...]
     rows: tuple[tuple[str, ...], ...]
     numeric: tuple[bool, ...]
+    interactive: bool = False
+    """In HTML, sortable by clicking a header and filtered by a text box (Markdown: a plain table)."""
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,10 @@ class RunInfo:
     stop: int
     model_identity: dict[str, Any] = field(default_factory=dict)
     """What the weights were (provenance.json `model`: hub commit or file hashes); {} if unrecorded."""
+    prompt_format: str | None = None
+    """The rows' `prompt_format` ('chat' | 'plain'; several joined by '+'); None when the shards predate the column."""
+    protocol: str | None = None
+    """The rows' `protocol` ('generate' | 'loglikelihood'); None when the shards predate the column."""
 
     @property
     def name(self) -> str:
@@ -130,9 +134,27 @@ class RunInfo:
         return self.metrics.get("train") or {}
 
     @property
+    def training(self) -> str | None:
+        """Digest of the training stage whose weights were evaluated (metrics.json `training`,
+        else manifest.yaml `stages.training`); None for a run that trained nothing."""
+        stages = self.manifest.get("stages")
+        recorded = self.metrics.get("training") or (stages.get("training") if isinstance(stages, dict) else None)
+        return recorded if isinstance(recorded, str) and recorded else None
+
+    @property
+    def devices(self) -> int:
+        """Devices the manifest ran on (`devices`, 1 when absent): training occupies all of them."""
+        devices = self.manifest.get("devices", 1)
+        return devices if isinstance(devices, int) and devices >= 1 else 1
+
+    @property
     def label(self) -> str:
-        """method · k-shot · decoding, the name of a configuration within one model."""
-        return f"{self.method} · {self.shots}-shot · {self.decoding}"
+        """method · k-shot · decoding, the name of a configuration within one model; then the
+        prompt format and a protocol other than `generate`, when the shards record them."""
+        extras = [self.prompt_format] if self.prompt_format else []
+        if self.protocol and self.protocol != "generate":
+            extras.append(self.protocol)
+        return " · ".join([self.method, f"{self.shots}-shot", self.decoding, *extras])
 
 
 @dataclass(frozen=True)
@@ -297,7 +319,17 @@ def _assemble(pending: _Pending, tables: Sequence[pa.Table]) -> tuple[pa.Table, 
     n = rows.num_rows
     columns = [pa.repeat(pa.scalar(identity[name], pa.int32() if name == "shots" else pa.string()), n) for name in IDENTITY_COLUMNS]
     table = pa.Table.from_arrays(columns + list(rows.columns), names=list(IDENTITY_COLUMNS) + rows.column_names)
+    for name in ("prompt_format", "protocol"):
+        identity[name] = _distinct_values(rows, name)
     return table, identity
+
+
+def _distinct_values(rows: pa.Table, column: str) -> str | None:
+    """The column's distinct non-null values joined by '+', or None (no such column, all null)."""
+    if column not in rows.column_names:
+        return None
+    values = sorted(v for v in pc.unique(rows.column(column)).to_pylist() if v)
+    return "+".join(values) or None
 
 
 def empty_table() -> pa.Table:
@@ -341,7 +373,10 @@ def load_runs(refs: Sequence[RunRef], show_progress: bool = True) -> Loaded:
         stop = start + table.num_rows
         model_identity = p.provenance.get("model") if isinstance(p.provenance.get("model"), dict) else {}
         runs.append(
-            RunInfo(p.ref, p.manifest, p.metrics, identity["model"], identity["method"], identity["shots"], identity["decoding"], eval_set, start, stop, model_identity)
+            RunInfo(
+                p.ref, p.manifest, p.metrics, identity["model"], identity["method"], identity["shots"], identity["decoding"], eval_set, start, stop,
+                model_identity, identity["prompt_format"], identity["protocol"],
+            )
         )
         tables.append(table)
         start = stop

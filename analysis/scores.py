@@ -28,6 +28,15 @@ from runner.scoring import SCORERS
 SCORED_COLUMNS = ("dataset", "format", "prediction", "references", "options")
 """Shard columns a scorer can see (the fields of runner.scoring.Scored)."""
 
+RANKED_COLUMNS = ("choices", "choice_logprobs")
+"""Columns of log-likelihood rows that `acc` and `acc_norm` read; scored inputs include them
+whenever the shard schema has them (older schemas do not, and then no row is ranked)."""
+
+
+def scored_columns(table: pa.Table) -> list[str]:
+    """The columns that decide a row's scores, of those the table holds."""
+    return list(SCORED_COLUMNS) + [name for name in RANKED_COLUMNS if name in table.column_names]
+
 # Below this many distinct inputs, starting worker processes (~1 s each, they import the
 # scorers afresh) costs more than it saves: 20,000 inputs take ~2 s on one core with EM and F1.
 PARALLEL_MIN = 20_000
@@ -59,9 +68,13 @@ def metric_order(requested: Sequence[str] | None, manifest_metrics: Iterable[Seq
 def distinct_inputs(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """(code of each row's scored input, index of the first row holding each code)."""
     parts = []
-    for name in SCORED_COLUMNS:
+    for name in scored_columns(table):
         column = table.column(name)
         if pa.types.is_list(column.type):
+            if not pa.types.is_string(column.type.value_type):
+                # Log-probabilities: Arrow writes floats in their shortest round-trip form, so
+                # distinct values stay distinct keys.
+                column = pc.cast(column, pa.list_(pa.string()))
             column = pc.binary_join(column, _LIST_SEP)
         # Null and empty agree: Scored.from_row reads a missing options list as ().
         parts.append(pc.fill_null(column, ""))
@@ -104,7 +117,7 @@ def score_table(table: pa.Table, metrics: Sequence[str], jobs: int | None = None
     if table.num_rows == 0 or not metrics:
         return {m: np.empty(0) for m in metrics}
     codes, first = distinct_inputs(table)
-    rows = table.select(list(SCORED_COLUMNS)).take(pa.array(first)).to_pylist()
+    rows = table.select(scored_columns(table)).take(pa.array(first)).to_pylist()
     distinct = _score_distinct(rows, metrics, jobs if jobs is not None else (os.cpu_count() or 1), show_progress)
     return {m: distinct[codes, i] for i, m in enumerate(metrics)}
 

@@ -28,7 +28,15 @@ REQUIRED_COLUMNS = ("id", "dataset", "format", "prediction", "references", "prom
 # The prompt text is the bulk of a shard and no aggregate reads it; prompt_sha256 identifies it.
 UNREAD_COLUMNS = ("prompt",)
 
-TARGET_SCHEMA = pa.schema([f for f in SHARD_SCHEMA if f.name not in UNREAD_COLUMNS])
+ANNOTATION_COLUMNS = (("prompt_format", pa.string()), ("protocol", pa.string()))
+"""Per-row facts the report shows in run labels (prompt format 'chat' | 'plain', protocol
+'generate' | 'loglikelihood'). Kept even by a runner whose SHARD_SCHEMA predates them, so a run
+that wrote them is labelled; shards without them read as null and their runs' labels omit them."""
+
+TARGET_SCHEMA = pa.schema(
+    [f for f in SHARD_SCHEMA if f.name not in UNREAD_COLUMNS]
+    + [pa.field(name, kind) for name, kind in ANNOTATION_COLUMNS if name not in SHARD_SCHEMA.names]
+)
 """Schema of every table analysis builds from shards, whatever shard version they came from."""
 
 

@@ -71,7 +71,7 @@ def generate(storage: Path) -> None:
 
 def ours(storage: Path, metrics: list[str], out: Path) -> dict[str, float]:
     """Stage times of the analysis package; the report goes to `out`."""
-    from analysis.aggregate import headline_metric, summarize
+    from analysis.aggregate import headline_metric, pool_seeds, summarize
     from analysis.content import build_document
     from analysis.html_page import render_html
     from analysis.markdown import render_markdown
@@ -80,6 +80,7 @@ def ours(storage: Path, metrics: list[str], out: Path) -> dict[str, float]:
     from analysis.load import find_runs, load_runs
     from analysis.pairs import paybacks, speed_ups
     from analysis.scores import distinct_inputs, score_table
+    from analysis.train_logs import training_curves
     from runner.storage import open_store
 
     times = {}
@@ -93,11 +94,13 @@ def ours(storage: Path, metrics: list[str], out: Path) -> dict[str, float]:
     start = time.perf_counter()
     runs, slices = summarize(loaded, scores)
     headline = headline_metric(metrics)
-    ups, _ = speed_ups(runs, headline)
-    backs, _ = paybacks(runs)
+    ups, _ = speed_ups(runs, headline, loaded.table)
+    pooled = pool_seeds(runs, slices)
+    backs, _ = paybacks(pooled.configs)
+    curves, curve_notes = training_curves([s.run for s in runs])
     times["aggregate"] = time.perf_counter() - start
     start = time.perf_counter()
-    analysis = Analysis(str(storage), loaded, metrics, headline, scores, runs, slices, ups, backs, [])
+    analysis = Analysis(str(storage), loaded, metrics, headline, scores, runs, slices, ups, backs, [], curves, curve_notes, pooled_seeds=pooled)
     target = LocalStore(out)
     write_tables(analysis, target)
     drawn = write_figures(analysis, target)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from analysis.cli import main as analysis_main
 from analysis.report import analyse
 from bench.synthetic_runs import SyntheticRun, eval_examples, write_run
@@ -245,3 +246,12 @@ def test_compare_of_an_unknown_run_exits_2(tmp_path, capsys):
     assert f"{storage / 'nope' / 'abcdef123456'}: no run" in capsys.readouterr().err
     assert analysis_main(["compare", "a", "nope", "--source", str(storage)]) == 2
     assert "nope: no completed run of that name or digest" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("price", ["-1", "abc", "nan", "inf", ""])
+def test_a_price_per_gpu_hour_that_is_negative_or_not_a_number_exits_2_in_one_line(tmp_path, capsys, price):
+    storage, _, _ = _good_and(tmp_path)
+    assert analysis_main(["report", str(storage), "--out", str(tmp_path / "out"), "--price-per-gpu-hour", price]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--price-per-gpu-hour" in err and repr(price) in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists(), "refused before anything was read or written"

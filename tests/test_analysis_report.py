@@ -59,7 +59,7 @@ def test_report_writes_tables_markdown_self_contained_html_and_figures(report):
     analysis, out = report
     for name in ("results.csv", "results_by_slice.csv", "results.parquet", "report.md", "report.html"):
         assert (out / name).stat().st_size > 0, name
-    for figure in ("bars_unifiedqa", "bars_exact_match", "pareto_speed", "memory", "heatmap_format", "speed_up", "shots_curve"):
+    for figure in ("bars_unifiedqa", "bars_exact_match", "pareto_speed", "memory", "heatmap_format", "speed_up", "shots_curve", "pareto_cost", "breakeven", "loss_curves"):
         assert (out / "figures" / f"{figure}.png").stat().st_size > 1000, figure
         assert (out / "figures" / f"{figure}.svg").read_text().lstrip().startswith("<?xml"), figure
     page = (out / "report.html").read_text()
@@ -69,6 +69,11 @@ def test_report_writes_tables_markdown_self_contained_html_and_figures(report):
     markdown = (out / "report.md").read_text()
     assert "## Model: big-model" in markdown and "## Model: tiny-llama" in markdown
     assert "| lora | 0 | greedy |" in markdown and "(figures/shots_curve.png)" in markdown
+    for section in ("## Results", "## Which to pick", "## Fine-tuning cost against k-shot prompting", "## Training curves"):
+        assert section in markdown, section
+    # The fine-tuning figures sit in their sections, the rest under Figures.
+    assert markdown.index("(figures/pareto_cost.png)") < markdown.index("## Model: big-model")
+    assert markdown.index("## Training curves") < markdown.index("(figures/loss_curves.png)") < markdown.index("## Figures")
 
 
 def test_results_parquet_has_one_row_per_example_with_manifest_columns_and_scores(report):

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 LORA = {"kind": "lora", "r": 4, "alpha": 8, "target_modules": "attention"}
 PREDICTION_COLUMNS = ["id", "prompt_sha256", "raw_output", "prediction", "output_tokens", "prompt_tokens"]
 # Report columns measured with a clock or a memory probe: they differ between any two runs.
-MEASURED = ("seconds", "per_second", "memory", "time_to_first", "latency")
+MEASURED = ("seconds", "per_second", "memory", "time_to_first", "latency", "gpu_hours", "cost_")
 
 
 @dataclass
