@@ -101,15 +101,21 @@ class PrefixCache:
 
         Scoring continuations needs the logits of their positions, so those must lie after the
         shared prefix (`shareable`, the caller's bound) and every sequence keeps `keep` tokens
-        of its own. All rows go through one forward pass: there is no decoding to follow, so the
-        rows' copies of the prefix live only for that pass, and one large pass beats several
-        small ones (measured on CPU: groups of PREFILL_ROWS made the path twice as slow as no sharing)."""
+        of its own. Rows go through in groups of PREFILL_ROWS, as prompts are prefilled for
+        generation: bench/loglikelihood.py on CPU (SmolLM2-135M, 32 zero-shot questions, 96
+        choices) took 9.2 s in groups of 8, 10.3 s in one pass, 12.4 s without sharing."""
+        import torch
+
         shared = min(shared_prefix_length(sequences), shareable, min(len(s) for s in sequences) - keep)
         window = self._window()
         if shared < 1 or (window is not None and max(len(s) for s in sequences) > window):
             return None
         prefix = self._prefix_cache(list(sequences[0][:shared]))
-        return self._continue(prefix, [s[shared:] for s in sequences], pad_id, keep)[1]
+        parts = [
+            self._continue(prefix, [s[shared:] for s in sequences[start : start + PREFILL_ROWS]], pad_id, keep)[1]
+            for start in range(0, len(sequences), PREFILL_ROWS)
+        ]
+        return torch.cat(parts)
 
     def _suffix_cache(self, prefix: Any, suffixes: Sequence[Sequence[int]], pad_id: int, width: int):
         """Keys and values of the prefix plus `suffixes`, each right-aligned in `width` columns
