@@ -39,6 +39,10 @@ demo-methods storage="runs/demo-methods" out="reports/demo-methods":
 test *args: setup
     {{python}} -m pytest -q {{args}}
 
+# property-based tests of every input boundary with a large budget (3,000 examples a property, ~5 min; QABENCH_FUZZ_EXAMPLES=N to change)
+fuzz *args:
+    QABENCH_FUZZ=fuzz {{python}} -m pytest -q -p no:cacheprovider tests/test_fuzz.py --hypothesis-show-statistics {{args}}
+
 # check manifests: every problem as FILE:LINE: field: message
 validate *paths="manifests":
     {{python}} -m runner validate {{paths}}

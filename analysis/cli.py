@@ -9,13 +9,18 @@ from pathlib import Path
 
 from runner.atomic import write_atomic
 from runner.console import error
-from runner.errors import InfraError, UserError
+from runner.errors import EXIT_DAMAGED, InfraError, UserError
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m analysis", description="Tables, figures and tests over qabench runs.")
     commands = parser.add_subparsers(dest="command", required=True)
-    report = commands.add_parser("report", help="results.csv, results.parquet, report.md, report.html and figures over every completed run")
+    report = commands.add_parser(
+        "report", help="results.csv, results.parquet, report.md, report.html and figures over every completed run",
+        description="Exit 0: every completed run reported (unfinished ones are listed, not counted); 4: the report was written but "
+        "completed runs were left out as damaged, each listed with its reason and the command that repairs it "
+        "(python -m runner verify SOURCE --repair, then rerun its manifest); 2: bad arguments or no usable run; 3: storage unreadable.",
+    )
     report.add_argument("source", help="storage holding runs: a folder, file:// or s3:// URI (e.g. runs/)")
     report.add_argument("--out", required=True, help="output folder")
     report.add_argument("--metrics", nargs="+", help="scorers to apply (default: every registered scorer)")
@@ -48,11 +53,18 @@ def _report(args: argparse.Namespace) -> int:
     from analysis.cost import parse_price
     from analysis.report import write_report
     from analysis.terminal import print_summary
+    from runner.storage_uri import parse_storage
 
     # Checked before anything is read: a typo in the price should not cost a long analysis.
     price = None if args.price_per_gpu_hour is None else parse_price(args.price_per_gpu_hour)
-    if "://" not in args.source and not Path(args.source).is_dir():
+    # The one parser of storage locations (runner/storage_uri.py): a bad URI is one line, exit 2.
+    location = parse_storage(args.source, origin="SOURCE")
+    if location.path is not None and not location.path.is_dir():
         raise UserError(f"{args.source}: no such folder")
+    # The output folder cannot be made under a file: say so before the analysis, not as exit 3 after it.
+    blocked = next((p for p in (Path(args.out), *Path(args.out).parents) if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise UserError(f"--out {args.out}: {blocked} is a file, not a folder")
     analysis, paths = write_report(args.source, Path(args.out), args.metrics, args.seed, args.jobs, figures=not args.no_figures, price_per_gpu_hour=price)
     for skipped in analysis.skipped:
         error(f"skipped: {skipped}")
@@ -63,6 +75,10 @@ def _report(args: argparse.Namespace) -> int:
     print_summary(analysis.pooled.configs, analysis.headline)
     for path in paths:
         print(path)
+    damaged = [s for s in analysis.skipped if s.repair]
+    if damaged:
+        error(f"{len(damaged)} completed run(s) left out as damaged; the report covers the others (exit {EXIT_DAMAGED})")
+        return EXIT_DAMAGED
     return 0
 
 
@@ -122,7 +138,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; exit 2 for user mistakes, 3 for storage failures."""
+    """Entry point; exit 2 for user mistakes, 3 for storage failures, 4 when a report left damaged runs out."""
     args = _parser().parse_args(argv)
     try:
         return _report(args) if args.command == "report" else _compare(args)

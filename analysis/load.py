@@ -19,8 +19,9 @@ import yaml
 
 from analysis.verify import TARGET_SCHEMA, ShardProblem, parse_checksums, read_shard
 from runner.console import progress
-from runner.paths import CHECKSUMS_FILE, MANIFEST_FILE, PROVENANCE_FILE, SUCCESS_FILE, TRAININGS, RunKeys, shard_index
-from runner.storage import Store
+from runner.paths import CHECKSUMS_FILE, MANIFEST_FILE, PROVENANCE_FILE, SUCCESS_FILE, TRAININGS, RunKeys, is_quarantined, shard_index
+from runner.storage import CorruptObject, Store
+from runner.storage_uri import redact
 
 # The runner's digest is 12 hex digits; a looser pattern still keeps adapter/ or checkpoint files
 # that happen to be named manifest.yaml from passing for run folders.
@@ -43,9 +44,20 @@ class Skipped:
 
     location: str
     reason: str
+    repair: str | None = None
+    """The command that repairs a completed run left out for damage; None for an unfinished run."""
 
     def __str__(self) -> str:
-        return f"{self.location}: {self.reason}"
+        return f"{self.location}: {self.reason}" + (f" — to repair: {self.repair}" if self.repair else "")
+
+
+def repair_command(ref: RunRef) -> str:
+    """What brings a damaged run back: quarantine the damage, then let the manifest redo it."""
+    root = getattr(ref.store, "root", None)
+    storage = str(root) if root is not None else ref.store.uri
+    if ref.base:
+        storage = f"{storage.rstrip('/')}/{ref.base}"
+    return f"python -m runner verify {storage} --repair, then rerun the manifest of {ref.keys.name} (python -m runner run MANIFEST)"
 
 
 @dataclass(frozen=True)
@@ -65,7 +77,7 @@ class RunRef:
         """A location people can open: a file path for local stores, a URI otherwise."""
         key = self.key(run_key or self.keys.prefix)
         root = getattr(self.store, "root", None)
-        return str(root / key) if root is not None else f"{self.store.uri.rstrip('/')}/{key}"
+        return str(root / key) if root is not None else redact(f"{self.store.uri.rstrip('/')}/{key}")
 
 
 @dataclass(frozen=True)
@@ -180,6 +192,8 @@ def find_runs(store: Store) -> tuple[list[RunRef], list[Skipped]]:
     folders: dict[tuple[str, str, str], set[str]] = {}
     for key in store.list(""):
         parts = key.split("/")
+        if is_quarantined(key):
+            continue  # damage moved aside by runner verify or a run; never a run of its own
         # trainings/<digest>/ holds a _SUCCESS too, but it is a training stage that runs share,
         # not a run: it has no manifest or predictions of its own.
         if len(parts) >= 3 and parts[-1] in (SUCCESS_FILE, MANIFEST_FILE) and _DIGEST.match(parts[-2]) and parts[-3] != TRAININGS:
@@ -197,7 +211,7 @@ def find_runs(store: Store) -> tuple[list[RunRef], list[Skipped]]:
 class _RunProblem(Exception):
     def __init__(self, location: str, reason: str):
         super().__init__(reason)
-        self.skipped = Skipped(location, reason)
+        self.location, self.reason = location, reason
 
 
 def _read_json(ref: RunRef, run_key: str, required: bool = True) -> dict[str, Any]:
@@ -218,7 +232,7 @@ def read_manifest(ref: RunRef) -> dict[str, Any] | None:
     """A completed run's resolved manifest, or None when it is missing or unusable."""
     try:
         return _read_manifest(ref)
-    except _RunProblem:
+    except (_RunProblem, CorruptObject):
         return None
 
 
@@ -292,11 +306,16 @@ def _plan(ref: RunRef) -> _Pending:
 
 
 def _read(pending: _Pending, key: str) -> pa.Table | Skipped:
-    data = pending.ref.store.read_bytes(pending.ref.key(key))
+    repair = repair_command(pending.ref)
+    try:
+        data = pending.ref.store.read_bytes(pending.ref.key(key))
+    except CorruptObject as exc:
+        # One bad object (checksum, foreign, a link out of storage) costs its run, never the report.
+        return Skipped(pending.ref.where(key), str(exc), repair)
     try:
         return read_shard(data, pending.expected[key])
     except ShardProblem as exc:
-        return Skipped(pending.ref.where(key), str(exc))
+        return Skipped(pending.ref.where(key), str(exc), repair)
 
 
 def _assemble(pending: _Pending, tables: Sequence[pa.Table]) -> tuple[pa.Table, dict[str, Any]]:
@@ -346,7 +365,9 @@ def load_runs(refs: Sequence[RunRef], show_progress: bool = True) -> Loaded:
         try:
             pending.append(_plan(ref))
         except _RunProblem as exc:
-            skipped.append(exc.skipped)
+            skipped.append(Skipped(exc.location, exc.reason, repair_command(ref)))
+        except CorruptObject as exc:
+            skipped.append(Skipped(ref.where(), str(exc), repair_command(ref)))
     jobs = [(p, key) for p in pending for key in p.shard_keys]
     results: dict[tuple[int, str], pa.Table | Skipped] = {}
     reading = progress("reading shards", len(jobs), stderr=True, transient=True, enabled=show_progress)
@@ -367,7 +388,7 @@ def load_runs(refs: Sequence[RunRef], show_progress: bool = True) -> Loaded:
         try:
             table, identity = _assemble(p, parts)
         except _RunProblem as exc:
-            skipped.append(exc.skipped)
+            skipped.append(Skipped(exc.location, exc.reason, repair_command(p.ref)))
             continue
         eval_set = _eval_set(p.manifest, p.provenance)
         stop = start + table.num_rows

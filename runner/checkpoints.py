@@ -12,7 +12,7 @@ from pathlib import Path
 
 from runner.console import log
 from runner.paths import TrainingKeys
-from runner.storage import Store
+from runner.storage import CorruptObject, LocalStore, Store
 
 CHECKPOINT_PREFIX = "checkpoint-"
 
@@ -37,17 +37,49 @@ def newest_stored_checkpoint(store: Store, keys: TrainingKeys) -> int | None:
 
 def restore_training(store: Store, keys: TrainingKeys, checkpoint_dir: Path, log_path: Path) -> None:
     """On a host with no complete checkpoint, fetch the newest complete one (and the log so far) from storage."""
-    from runner.train import complete_checkpoints
+    from runner.train import complete_checkpoints, reached_last_step
 
     if not log_path.exists() and store.exists(keys.train_log):
         log_path.write_bytes(store.read_bytes(keys.train_log))
+    skip_damaged_checkpoints(store, keys)
     if complete_checkpoints(checkpoint_dir):
         return
     for step, key in sorted(_stored_folders(store, keys).items(), reverse=True):
         if store.dir_complete(key):
             log(f"fetching checkpoint-{step} from storage")
-            store.sync_down(key)
+            try:
+                store.sync_down(key)  # every file checked against its checksum and the folder's listing
+            except CorruptObject as exc:
+                _quarantine_checkpoint(store, keys, key, str(exc))
+                continue
+            if not reached_last_step(checkpoint_dir / f"{CHECKPOINT_PREFIX}{step}"):
+                return  # else fetch the one before too: training resumes before its last step (runner/train.py)
+
+
+def skip_damaged_checkpoints(store: Store, keys: TrainingKeys) -> None:
+    """Quarantine complete stored checkpoints that fail their published listing, newest first, until
+    one passes: the trainer then resumes from the newest checkpoint that is whole.
+
+    A local store's folder is what the trainer reads, so its files are rehashed; a remote store's
+    listing and recorded checksums are compared here and the bytes when sync_down fetches them.
+    """
+    from runner.verify_storage import check_checkpoint
+
+    deep = isinstance(store, LocalStore)
+    for _, key in sorted(_stored_folders(store, keys).items(), reverse=True):
+        if not store.dir_complete(key):
+            continue
+        problem = check_checkpoint(store, key, deep=deep)
+        if problem is None:
             return
+        _quarantine_checkpoint(store, keys, key, problem)
+
+
+def _quarantine_checkpoint(store: Store, keys: TrainingKeys, key: str, problem: str) -> None:
+    from runner.verify_storage import Check, Finding, repair
+
+    done = repair(store, Check(keys.prefix, (Finding(key, problem, folder=True),)))
+    log(f"repaired training {keys.digest}: {key.rsplit('/', 1)[-1]} is damaged ({problem}) — {done}; resuming from an older checkpoint")
 
 
 def publish_log(store: Store, keys: TrainingKeys, log_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""`python -m runner`: validate | schema | plan | run | score | pull | expand | k8s | data. Thin: heavy imports happen inside."""
+"""`python -m runner`: validate | schema | plan | run | score | verify | pull | expand | k8s | data. Thin: heavy imports happen inside."""
 
 from __future__ import annotations
 
@@ -8,22 +8,26 @@ import sys
 from pathlib import Path
 
 from runner.console import error, log
-from runner.errors import InfraError, UserError
+from runner.errors import EXIT_DAMAGED, InfraError, UserError
 
 
 def _is_grid(path: Path) -> bool:
     """Grid files (top-level `axes:`) sit beside manifests and are checked by expanding them."""
     import yaml
 
+    from runner.yaml_lines import load_yaml
+
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, ValueError, yaml.YAMLError):
+        # The checked loader: PyYAML's own takes hours over a deeply nested document.
+        data = load_yaml(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError, yaml.YAMLError):
         return False  # not readable as YAML: check_manifest reports it
     return isinstance(data, dict) and "axes" in data
 
 
 def _validate(args: argparse.Namespace) -> int:
     from runner.manifest import check_manifest, fetch_command, manifest_files, shot_notes, unfetched_data
+    from runner.model_spec import remote_code_warnings
     from runner.prompt_style import describe as describe_style
 
     files = manifest_files([Path(p) for p in args.paths])
@@ -32,6 +36,7 @@ def _validate(args: argparse.Namespace) -> int:
     grids = [f for f in files if f.exists() and _is_grid(f)]
     unfetched: set[Path] = set()
     notes: list[str] = []
+    warnings: list[str] = []
     styles: dict[str, list[Path]] = {}
     for grid in grids:
         from runner.grid import expand
@@ -49,7 +54,8 @@ def _validate(args: argparse.Namespace) -> int:
             notes += shot_notes(loaded) if loaded else []
             if loaded:
                 styles.setdefault(describe_style(loaded.manifest), []).append(file)
-    for line in problems:
+                warnings += remote_code_warnings(loaded, str(file))
+    for line in problems + warnings:
         error(line)
     if not files and not missing:
         error("no manifest files (*.yaml, *.yml) found")
@@ -130,9 +136,39 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _score(args: argparse.Namespace) -> int:
     from runner.score import rescore
+    from runner.verify_storage import check_evaluation, open_run, repair, seal
 
+    # Checksums first: scoring a shard that is not the one the run wrote would publish wrong numbers.
+    store, keys = open_run(args.run)
+    check = check_evaluation(store, keys)
+    if check:
+        for finding in check.findings:
+            error(f"{store.uri.rstrip('/')}/{finding.key}: {finding.reason}")
+        error(f"repaired: {repair(store, check)}; rerun the manifest of {keys.name} to regenerate what is missing, then score again")
+        return EXIT_DAMAGED
     metrics = rescore(args.run)
+    if store.exists(keys.success):
+        seal(store, keys)  # _SUCCESS vouches for the metrics.json just written
     print(json.dumps(metrics["overall"], indent=2))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from runner.storage import open_store
+    from runner.verify_storage import verify_storage
+
+    store = open_store(args.storage)
+    result = verify_storage(store, repair_found=args.repair)
+    for line in result.lines:
+        print(line)
+    print(f"{result.checked} stage(s) checked in {store.uri}: {result.problems} problem(s)" + (f", {len(result.repaired)} repaired" if result.repaired else ""))
+    if result.repaired:
+        names = ", ".join(sorted(set(result.repaired)))
+        print(f"reopened: {names}; the next `python -m runner run` of their manifests regenerates what was moved aside")
+        return 0
+    if result.problems:
+        error(f"`python -m runner verify {args.storage} --repair` moves the damaged objects aside (to _quarantine/) and reopens their runs")
+        return EXIT_DAMAGED
     return 0
 
 
@@ -233,6 +269,17 @@ def build_parser() -> argparse.ArgumentParser:
     score = commands.add_parser("score", help="recompute metrics.json of a stored run from its shards")
     score.add_argument("run", help="run location, e.g. runs/<name>/<digest>")
     score.set_defaults(handler=_score)
+
+    verify = commands.add_parser(
+        "verify", help="check every run and training in a storage against its checksums; --repair moves damage aside and reopens them",
+        description="One line per problem. Exit 0 when clean (or everything found was repaired), 4 when problems remain, 3 when storage cannot be read.",
+    )
+    verify.add_argument("storage", help="storage URI: a folder, file:// or s3://bucket/prefix")
+    verify.add_argument(
+        "--repair", action="store_true",
+        help="move damaged objects to <run or training>/_quarantine/<time>/ (never deleted) and reopen their stages; rerun their manifests afterwards",
+    )
+    verify.set_defaults(handler=_verify)
 
     pull = commands.add_parser("pull", help="copy a run or a whole prefix from storage to a local folder, checksums verified")
     pull.add_argument("uri", help="s3://bucket/prefix[/<name>/<digest>], file://... or a folder")

@@ -10,6 +10,8 @@ from typing import Callable, Iterator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from runner.storage_uri import redact
+
 console = Console(stderr=False, highlight=False, soft_wrap=True)
 _stderr_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -23,7 +25,8 @@ def _stamped(message: str) -> str:
 
 
 def log(message: str) -> None:
-    """One line of run progress (stdout)."""
+    """One line of run progress (stdout), credentials in URIs redacted like every line printed here."""
+    message = redact(message)
     if console.is_terminal:
         console.print(message)
     else:
@@ -31,7 +34,7 @@ def log(message: str) -> None:
 
 
 def _note(message: str) -> None:
-    print(_stamped(message), file=sys.stderr, flush=True)
+    print(_stamped(redact(message)), file=sys.stderr, flush=True)
 
 
 class _Task:
@@ -68,5 +71,5 @@ def progress(label: str, total: int, *, stderr: bool = False, transient: bool = 
 
 
 def error(message: str) -> None:
-    """A user-facing error line on stderr."""
-    print(message, file=sys.stderr, flush=True)
+    """A user-facing error line on stderr (a URI's user:password@ shown as ***@)."""
+    print(redact(message), file=sys.stderr, flush=True)

@@ -21,6 +21,7 @@ from runner.paths import RunKeys, TrainingKeys
 from runner.prompt_style import requested_style
 from runner.readers import read_split
 from runner.storage import Store, open_store
+from runner.storage_uri import choose_storage, redact
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,8 @@ class RunContext:
 
     @property
     def location(self) -> str:
-        return f"{self.store.uri}/{self.keys.prefix}"
+        """Where the evaluation is stored, for messages."""
+        return redact(f"{self.store.uri}/{self.keys.prefix}")
 
     @property
     def prompt_style(self) -> str:
@@ -174,7 +176,8 @@ def build_context(loaded: LoadedManifest, storage: str | None) -> RunContext:
     """Read the data, resolve the model and the stage identities, open the store."""
     data = read_data(loaded)
     training, draft, keys = identify(loaded, data)
-    store = open_store(storage or loaded.manifest.output.storage)
+    # --storage resolves against the working folder, output.storage against the manifest's folder.
+    store = open_store(choose_storage(storage, loaded.manifest.output.storage, loaded.base_dir))
     return RunContext(
         loaded=loaded,
         method=METHODS.get(loaded.manifest.method.kind),

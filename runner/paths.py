@@ -52,6 +52,8 @@ ADAPTER_DIR = "adapter"
 CHECKPOINTS_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
 LEASE_DIR = "lease"
+QUARANTINE_DIR = "_quarantine"
+"""Folder inside a run or training prefix where damaged objects are moved aside, never deleted."""
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,19 @@ class RunKeys:
     def success(self) -> str:
         """Written last: its presence means every other artifact is complete."""
         return self._key(SUCCESS_FILE)
+
+
+def quarantine_key(root: str, key: str, stamp: str) -> str:
+    """Where `key`, an object or folder below the run or training prefix `root`, is moved aside:
+    `<root>/_quarantine/<stamp>/<key below root>` (the stamp is not hex, so no reader takes it for a run digest)."""
+    if not key.startswith(f"{root}/"):
+        raise ValueError(f"{key!r} is not below {root!r}")
+    return f"{root}/{QUARANTINE_DIR}/{stamp}/{key[len(root) + 1 :]}"
+
+
+def is_quarantined(key: str) -> bool:
+    """Whether a key lies in some run's or training's quarantine folder."""
+    return f"/{QUARANTINE_DIR}/" in f"/{key}"
 
 
 def shard_index(filename: str) -> int | None:

@@ -22,6 +22,7 @@ from runner.methods import METHODS
 from runner.paths import RunKeys
 from runner.shards import completed_shards
 from runner.storage import Store, open_store
+from runner.storage_uri import StorageLocation, choose_storage, redact
 
 COMPLETE, PARTIAL, PENDING, UNKNOWN = "complete", "partial", "pending", "unknown"
 
@@ -157,7 +158,7 @@ def build_plan(manifests: list[LoadedManifest], storage: str | None, resolve: bo
     Without `resolve` (or when a manifest's data or hub revision cannot be read here), trainings
     are grouped by their manifest fields alone and their status is unknown.
     """
-    stores: dict[str, Store] = {}
+    stores: dict[StorageLocation, Store] = {}
     trainings: dict[str, _Training] = {}
     evaluations: list[PlannedEvaluation] = []
     reasons: list[str] = []
@@ -170,10 +171,12 @@ def build_plan(manifests: list[LoadedManifest], storage: str | None, resolve: bo
         shown = str(loaded.path)
         store = None
         if resolve:
-            uri = storage or loaded.manifest.output.storage or ""
-            if uri not in stores:
-                stores[uri] = open_store(uri or None)  # an unreachable store is exit 3, naming the endpoint
-            store = stores[uri]
+            # Keyed by where it points: `runs` in two manifest folders is two stores (output.storage
+            # resolves against each manifest's folder).
+            location = choose_storage(storage, loaded.manifest.output.storage, loaded.base_dir)
+            if location not in stores:
+                stores[location] = open_store(location)  # an unreachable store is exit 3, naming the endpoint
+            store = stores[location]
         resolved, reason = _resolved(loaded) if resolve else (None, None)
         if reason and reason not in reasons:
             reasons.append(reason)
@@ -201,7 +204,7 @@ def build_plan(manifests: list[LoadedManifest], storage: str | None, resolve: bo
         planned_trainings.append(PlannedTraining(training.key, training.what, tuple(training.trained_by), tuple(training.drafts_for), state, detail))
     states = {training.key: training.state for training in planned_trainings}
     evaluations = [_evaluation(*resolution, states) for resolution in resolutions]
-    return Plan(tuple(planned_trainings), tuple(evaluations), tuple(s.uri for s in stores.values()), tuple(reasons))
+    return Plan(tuple(planned_trainings), tuple(evaluations), tuple(redact(s.uri) for s in stores.values()), tuple(reasons))
 
 
 def _evaluation(

@@ -1,6 +1,8 @@
 """`runner run`: one manifest as a short sequence of stages over one context built once.
 
     context      read the data once, resolve the model, derive the stage digests, open the store
+    heal         damaged stored objects (corrupt, missing, foreign) moved to `_quarantine/`: a
+                 finished evaluation or training with damage is reopened, so the stages below redo it
     finished?    the evaluation's `_SUCCESS` exists → rescore if other metrics are asked, stop
     check        inputs that would fail late (shots, draft tokenizer) fail now, before any GPU work
     train        each training the evaluation needs (a fine-tuned draft's, then its own): reused
@@ -23,6 +25,7 @@ from runner.context import RunContext, build_context
 from runner.errors import UserError
 from runner.evaluation import (
     generate_shards,
+    heal,
     load_evaluated_model,
     mark_complete,
     pending_shards,
@@ -55,6 +58,22 @@ def publish_leftovers(context: RunContext) -> None:
     published = [key for prefix in prefixes for key in context.store.publish_pending(prefix)]
     if published:
         log(f"uploaded {len(published)} artifact(s) an earlier attempt kept locally")
+
+
+def heal_stages(context: RunContext) -> None:
+    """Move damage aside before anything trusts storage: the evaluation's shards, checksums,
+    metrics and `_SUCCESS`; each finished training's adapter and completion record (a damaged
+    checkpoint is skipped when training resumes, runner/checkpoints.py)."""
+    from runner.verify_storage import check_training, repair
+
+    if not distributed.is_main():
+        return
+    for stage in context.trainings:
+        check = check_training(context.store, stage.keys, deep=False, checkpoints=False)
+        if check:
+            reasons = "; ".join(f"{f.key[len(stage.keys.prefix) + 1 :]}: {f.reason}" for f in check.findings if not f.reason.startswith("reopened"))
+            log(f"repaired training {stage.keys.digest}: {reasons} — {repair(context.store, check)}; it resumes from its newest whole checkpoint")
+    heal(context)
 
 
 def check_inputs(context: RunContext) -> None:
@@ -106,6 +125,8 @@ def run(loaded: LoadedManifest, storage: str | None = None, wait: bool = True) -
     context = build_context(loaded, storage)
     distributed.init()
     publish_leftovers(context)
+    heal_stages(context)
+    distributed.barrier()  # every rank sees storage as healed
     if context.store.exists(context.keys.success):
         rescore_if_asked(context)
         return RunOutcome(context.location, context.keys, skipped=True)

@@ -23,14 +23,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
-from urllib.parse import urlparse
 
 import boto3
 from boto3.exceptions import Boto3Error
@@ -42,14 +41,12 @@ from s3transfer.exceptions import RetriesExceededError, S3DownloadFailedError, S
 
 from runner.atomic import replacing
 from runner.errors import StorageError, UserError
-from runner.paths import check_key
-from runner.storage import LocalStore
+from runner.paths import check_key, is_quarantined
+from runner.storage import DIR_MARKER, CorruptObject, LocalStore, file_sha256, folder_problems
+from runner.storage_uri import parse_storage, redact
 
 CHECKSUM = "sha256"
 """Metadata field holding the hex SHA-256 of an object's bytes (sent as x-amz-meta-sha256)."""
-
-DIR_MARKER = ".qabench_dir.json"
-"""Object written last by put_dir, listing the folder's files and checksums: present = complete."""
 
 PENDING = ".qabench_pending"
 """Folder in the working root holding one journal entry per upload not yet confirmed."""
@@ -62,7 +59,6 @@ DEFAULT_MAX_ATTEMPTS = 12
 _DENIED = {"AccessDenied", "403", "SignatureDoesNotMatch", "InvalidAccessKeyId", "InvalidToken", "ExpiredToken", "AllAccessDisabled", "InvalidClientTokenId"}
 _NO_BUCKET = {"NoSuchBucket"}
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
-_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _BOTO_ERRORS = (BotoCoreError, ClientError, Boto3Error, RetriesExceededError, S3UploadFailedError, S3DownloadFailedError)
 
 
@@ -82,15 +78,6 @@ def _env_number(name: str, default: float, kind: type = float) -> Any:
 def max_attempts() -> int:
     """The retry budget per request: QABENCH_S3_MAX_ATTEMPTS, default 12."""
     return _env_number("QABENCH_S3_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, int)
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks so checkpoints need no memory of their size."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def make_client() -> Any:
@@ -121,13 +108,8 @@ def make_client() -> Any:
 
 def open_s3_store(uri: str) -> S3Store:
     """The S3 store for `s3://bucket/prefix`, its bucket checked (and created with QABENCH_S3_CREATE_BUCKET=1)."""
-    parsed = urlparse(uri)
-    if parsed.query or parsed.fragment or parsed.params:
-        raise UserError(f"storage URI {uri!r}: '?', '#' and ';' are not allowed in s3:// URIs")
-    bucket, prefix = parsed.netloc, parsed.path.strip("/")
-    if not _BUCKET_NAME.match(bucket):
-        raise UserError(f"storage URI {uri!r}: {bucket!r} is not a bucket name (3-63 lowercase letters, digits, '.', '-')")
-    check_key(prefix, allow_empty=True)
+    location = parse_storage(uri)  # the one parser: bucket rules, no credentials in the URI
+    bucket, prefix = location.bucket, location.prefix
     root = Path(os.environ.get("QABENCH_WORKDIR") or Path.home() / ".cache" / "qabench" / "work")
     store = S3Store(bucket, prefix, root / bucket / prefix, make_client())
     store.check_bucket(create=os.environ.get("QABENCH_S3_CREATE_BUCKET", "") not in ("", "0"))
@@ -151,7 +133,8 @@ class S3Store:
 
     @property
     def endpoint(self) -> str:
-        return self._client.meta.endpoint_url
+        """The endpoint for messages: AWS_ENDPOINT_URL may carry user:password@, shown as ***@."""
+        return redact(self._client.meta.endpoint_url)
 
     def _object(self, key: str) -> str:
         check_key(key)
@@ -167,7 +150,7 @@ class S3Store:
         """The s3:// URI of a key, for messages."""
         return f"{self.uri}/{key}" if key else self.uri
 
-    def _translate(self, exc: BaseException, action: str, key: str) -> Exception:
+    def _describe(self, exc: BaseException, action: str, key: str) -> Exception:
         cause = exc
         # boto3's transfer manager wraps the botocore error it hit; the cause says what happened.
         while not isinstance(cause, (ClientError, BotoCoreError)) and (cause.__cause__ or cause.__context__):
@@ -207,6 +190,18 @@ class S3Store:
             yield
         except _BOTO_ERRORS as exc:
             raise self._translate(exc, action, key) from None
+
+    def _translate(self, exc: BaseException, action: str, key: str) -> Exception:
+        """The qabench error for a boto failure, with any credentials in the text redacted.
+
+        botocore quotes the endpoint URL, user:password@ included, in its own messages
+        (`Could not connect to the endpoint URL: "http://user:pass@host/..."`).
+        """
+        error = self._describe(exc, action, key)
+        error.args = tuple(redact(arg) if isinstance(arg, str) else arg for arg in error.args)
+        if isinstance(error, UserError):
+            error.problems = [replace(p, message=redact(p.message)) for p in error.problems]
+        return error
 
     @staticmethod
     def _is_missing(exc: ClientError) -> bool:
@@ -259,11 +254,11 @@ class S3Store:
     def _verify(self, key: str, metadata: dict[str, str], actual: str) -> None:
         expected = metadata.get(CHECKSUM)
         if expected is None:
-            raise StorageError(f"{self.where(key)} has no {CHECKSUM} metadata, so its integrity cannot be checked (not written by qabench?)")
+            raise CorruptObject(f"{self.where(key)} has no {CHECKSUM} metadata, so its integrity cannot be checked (not written by qabench?)")
         if expected != actual:
-            raise StorageError(
+            raise CorruptObject(
                 f"{self.where(key)} is corrupt: its bytes hash to sha256 {actual[:16]}…, but {expected[:16]}… was "
-                "recorded when it was uploaded; delete it and rerun to rewrite it"
+                f"recorded when it was uploaded; `python -m runner verify {self.uri} --repair` moves it aside and the next run redoes it"
             )
 
     def write_bytes(self, key: str, data: bytes) -> None:
@@ -310,7 +305,7 @@ class S3Store:
             self._client.upload_file(str(path), self.bucket, self._object(key), ExtraArgs={"Metadata": metadata}, Config=self._transfer)
 
     def list(self, prefix: str) -> list[str]:
-        return sorted(k for k in self._list_all(prefix) if not k.rsplit("/", 1)[-1].startswith("."))
+        return sorted(k for k in self._list_all(prefix) if not k.rsplit("/", 1)[-1].startswith(".") and not is_quarantined(k))
 
     def _list_all(self, prefix: str) -> list[str]:
         """Keys under `prefix`, internal markers included, relative to the store's prefix."""
@@ -333,12 +328,13 @@ class S3Store:
             if path.is_file():
                 check_key(f"{key}/{path.relative_to(folder).as_posix()}")
         with self._journal(key, "dir"):
-            self.cache.put_dir(key, Path(folder))  # no-op when `folder` is already local_dir(key)
-            self._upload_dir(key)
+            checksums = self.cache.put_dir(key, Path(folder))  # only hashes when `folder` is already local_dir(key)
+            self._upload_dir(key, checksums)
 
-    def _upload_dir(self, key: str) -> None:
+    def _upload_dir(self, key: str, hashed: dict[str, str] | None = None) -> None:
         local = self._cached(key)
         files = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file() and not p.name.startswith("."))
+        hashed = hashed if hashed is not None and set(hashed) == set(files) else {}
         marker = f"{key}/{DIR_MARKER}"
         before = set(self._list_all(key))
         # Marker off first, on last: a folder being replaced never passes for a complete one.
@@ -346,8 +342,8 @@ class S3Store:
             self._delete([marker])
         checksums = {}
         for name in files:
+            checksums[name] = hashed.get(name) or file_sha256(local / name)
             self._upload(f"{key}/{name}", local / name)
-            checksums[name] = file_sha256(local / name)
         self._delete(sorted(before - {f"{key}/{n}" for n in files} - {marker}))
         body = json.dumps({"files": checksums}, indent=1, sort_keys=True).encode()
         with self._errors("uploading", marker):
@@ -383,10 +379,91 @@ class S3Store:
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
             self.copy_to(key, staging)
+            listed = self._published_files(key)
+            if listed is not None:
+                # Every object matched its own checksum; the folder must also be the one published.
+                found = {p.relative_to(staging).as_posix(): file_sha256(p) for p in staging.rglob("*") if p.is_file()}
+                problems = folder_problems(listed, found)
+                if problems:
+                    raise CorruptObject(f"{self.where(key)} is not the folder as published: {'; '.join(problems)}")
             self.cache.put_dir(key, staging)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return target
+
+    def _published_files(self, key: str) -> dict[str, str] | None:
+        """name → sha256 from the folder's DIR_MARKER, None when it has none (not published by put_dir)."""
+        marker = f"{key}/{DIR_MARKER}"
+        if not self.exists(marker):
+            return None
+        try:
+            return dict(json.loads(self.read_bytes(marker))["files"])
+        except (ValueError, KeyError, TypeError):
+            raise CorruptObject(f"{self.where(marker)} is not a folder listing") from None
+
+    def verify_dir(self, key: str, deep: bool = False) -> list[str]:
+        try:
+            listed = self._published_files(key)
+        except CorruptObject as exc:
+            return [f"{DIR_MARKER}: {exc}"]
+        if listed is None:
+            return []
+        found: dict[str, str | None] = {}
+        problems = []
+        for name in self._list_all(key):
+            relative = name[len(key) + 1 :]
+            if relative == DIR_MARKER:
+                continue
+            if not deep:
+                found[relative] = self._head_sha256(name)
+                continue
+            try:
+                found[relative] = hashlib.sha256(self.read_bytes(name)).hexdigest()
+            except CorruptObject as exc:
+                problems.append(f"{relative}: {exc}")
+                found[relative] = None
+        return problems + folder_problems(listed, found)
+
+    def _head_sha256(self, key: str) -> str | None:
+        """The sha256 an object's metadata records (None: none recorded)."""
+        with self._errors("checking", key):
+            return self._client.head_object(Bucket=self.bucket, Key=self._object(key)).get("Metadata", {}).get(CHECKSUM)
+
+    def quarantine(self, key: str, dest: str) -> bool:
+        source, target = self._object(key), self._object(dest)
+        try:
+            self._client.head_object(Bucket=self.bucket, Key=source)
+        except ClientError as exc:
+            if self._is_missing(exc):
+                return False
+            raise self._translate(exc, "checking", key) from None
+        except _BOTO_ERRORS as exc:
+            raise self._translate(exc, "checking", key) from None
+        # S3 has no rename: copy (metadata kept, multipart for large objects), then delete.
+        with self._errors("quarantining", key):
+            self._client.copy({"Bucket": self.bucket, "Key": source}, self.bucket, target, Config=self._transfer)
+        self._delete([key])
+        cached = self._cached(key)
+        if cached.is_file() or cached.is_symlink():
+            cached.unlink()  # the local working copy must not outlive the object it mirrors
+        return True
+
+    def quarantine_dir(self, key: str, dest: str) -> bool:
+        found = self._list_all(key)
+        if not found:
+            return False
+        marker = f"{key}/{DIR_MARKER}"
+        for name in found:
+            with self._errors("quarantining", name):
+                self._client.copy(
+                    {"Bucket": self.bucket, "Key": self._object(name)}, self.bucket, self._object(f"{dest}/{name[len(key) + 1 :]}"), Config=self._transfer
+                )
+        # Marker off first: from then on the folder no longer passes for a complete one.
+        if marker in found:
+            self._delete([marker])
+        self._delete([k for k in found if k != marker])
+        shutil.rmtree(self._cached(key), ignore_errors=True)
+        return True
 
     def copy_to(self, prefix: str, dest: Path) -> list[str]:
         keys = self.list(prefix)

@@ -114,11 +114,41 @@ def compute_metrics(table: pa.Table, metrics: Sequence[str]) -> dict[str, Any]:
     }
 
 
-def rescore(location: str) -> dict[str, Any]:
-    """Recompute metrics.json of a stored run from its shards with the current scorers."""
+def read_stored(store: Any, key: str, needs: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A stored JSON or YAML mapping (metrics.json, manifest.yaml) holding the nested keys `needs`.
+
+    A truncated, empty or foreign object is a StorageError naming it, never a traceback.
+    """
     import json
 
     import yaml
+
+    from runner.errors import StorageError
+
+    data = store.read_bytes(key)
+    try:
+        value = json.loads(data) if key.endswith(".json") else yaml.safe_load(data)
+    except (ValueError, RecursionError, yaml.YAMLError) as exc:  # UnicodeDecodeError is a ValueError
+        reason = f"not {'JSON' if key.endswith('.json') else 'YAML'}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    else:
+        inner, reason = value, None
+        for part in needs:
+            if not isinstance(inner, dict) or part not in inner:
+                reason = "empty" if value is None else f"holds no {'.'.join(needs)}"
+                break
+            inner = inner[part]
+        if reason is None and isinstance(value, dict):
+            return value
+        reason = reason or f"{'empty' if value is None else 'not a mapping'}"
+    raise StorageError(
+        f"{store.uri.rstrip('/')}/{key} is damaged ({reason}); `python -m runner verify {store.uri} --repair` "
+        "moves it aside and reopens the run, and the next run of its manifest redoes it"
+    )
+
+
+def rescore(location: str) -> dict[str, Any]:
+    """Recompute metrics.json of a stored run from its shards with the current scorers."""
+    import json
 
     from runner.errors import UserError
     from runner.paths import RunKeys
@@ -132,8 +162,8 @@ def rescore(location: str) -> dict[str, Any]:
     store, keys = open_store(root or "."), RunKeys(name, rest)
     if not store.exists(keys.manifest):
         raise UserError(f"no run at {location} (no manifest.yaml)")
-    manifest = yaml.safe_load(store.read_bytes(keys.manifest))
-    previous = json.loads(store.read_bytes(keys.metrics)) if store.exists(keys.metrics) else {}
+    manifest = read_stored(store, keys.manifest, ("eval", "metrics"))
+    previous = read_stored(store, keys.metrics) if store.exists(keys.metrics) else {}
     metrics = {"name": name, "digest": keys.digest, **compute_metrics(read_predictions(store, keys), manifest["eval"]["metrics"])}
     # Facts from training and the method are not recomputable from shards; carry them over.
     for kept in ("method", "train"):

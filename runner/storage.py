@@ -7,18 +7,47 @@ and a killed run leaves only whole files behind.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import urlparse
 
 from runner.atomic import copy_atomic, temporary_sibling, write_atomic
-from runner.errors import StorageError, UserError
-from runner.paths import check_key
+from runner.errors import StorageError
+from runner.paths import check_key, is_quarantined
+from runner.storage_uri import StorageLocation, choose_storage, parse_storage
 
-DEFAULT_STORAGE = "runs"
+DIR_MARKER = ".qabench_dir.json"
+"""Written last by put_dir into a published folder: {"files": {name: sha256}} (local stores add
+"bytes": {name: size}). A folder's files are then checked against what was published."""
+
+
+class CorruptObject(StorageError):
+    """A stored object is not what was written: its bytes fail their checksum, it is missing from a
+    folder that lists it, or it is foreign (no checksum, a link out of the storage folder).
+    Readers that can redo the work quarantine it (runner/verify_storage.py) instead of failing."""
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks so checkpoints need no memory of their size."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def folder_problems(listed: dict[str, str], found: dict[str, str | None]) -> list[str]:
+    """What differs between a folder as published (name → sha256) and as found (name → sha256, None = not hashed)."""
+    problems = [f"{name}: missing" for name in sorted(set(listed) - set(found))]
+    problems += [f"{name}: not part of the folder as published" for name in sorted(set(found) - set(listed))]
+    for name in sorted(set(listed) & set(found)):
+        if found[name] is not None and found[name] != listed[name]:
+            problems.append(f"{name}: sha256 {found[name][:16]}… differs from the {listed[name][:16]}… published")
+    return problems
 
 
 class Store(Protocol):
@@ -43,7 +72,21 @@ class Store(Protocol):
         ...
 
     def list(self, prefix: str) -> list[str]:
-        """Every key under `prefix` (recursive), sorted; names starting with '.' are internal and left out."""
+        """Every key under `prefix` (recursive), sorted; names starting with '.' are internal and left
+        out, and so is everything quarantined (`_quarantine/` folders)."""
+        ...
+
+    def quarantine(self, key: str, dest: str) -> bool:
+        """Move the object `key` aside to `dest` (paths.quarantine_key), never deleting it; False if there was none."""
+        ...
+
+    def quarantine_dir(self, key: str, dest: str) -> bool:
+        """Move the folder `key` aside to `dest`, its completion marker first; False if there was none."""
+        ...
+
+    def verify_dir(self, key: str, deep: bool = False) -> list[str]:
+        """Problems of a published folder against the files and checksums put_dir recorded, one per
+        file ([] when whole, or when nothing was recorded); `deep` rehashes every file's bytes."""
         ...
 
     def put_dir(self, key: str, folder: Path) -> None:
@@ -87,8 +130,16 @@ class LocalStore:
         path = (self.root / key).resolve()
         # check_key rules out `..`; resolve() also follows symlinks, which could still point outside.
         if path != self.root and self.root not in path.parents:
-            raise StorageError(f"key {key!r} escapes the storage folder {self.root}")
+            raise CorruptObject(f"key {key!r} escapes the storage folder {self.root} (a link to {path}): not an object of this storage")
         return path
+
+    def _link_path(self, key: str) -> Path:
+        """The path of `key` itself, a symbolic link not followed (its folder must lie inside the storage)."""
+        check_key(key)
+        parent = (self.root / key).parent.resolve()
+        if parent != self.root and self.root not in parent.parents:
+            raise CorruptObject(f"key {key!r} escapes the storage folder {self.root}")
+        return parent / key.rsplit("/", 1)[-1]
 
     def exists(self, key: str) -> bool:
         return self._path(key).exists()
@@ -128,17 +179,22 @@ class LocalStore:
         keys = []
         for path in base.rglob("*"):
             if path.is_file() and not path.name.startswith("."):
-                keys.append(path.relative_to(self.root).as_posix())
+                key = path.relative_to(self.root).as_posix()
+                if not is_quarantined(key):
+                    keys.append(key)
         return sorted(keys)
 
-    def put_dir(self, key: str, folder: Path) -> None:
+    def put_dir(self, key: str, folder: Path) -> dict[str, str]:
+        """Publish `folder` under `key` (renamed into place whole) with its DIR_MARKER; the files' sha256 by name."""
         target = self._path(key)
         if Path(folder).resolve() == target:
-            return
+            # Written in place (trainer checkpoints): the marker records what the folder holds now.
+            return self._write_marker(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
             shutil.copytree(folder, staging, dirs_exist_ok=True)
+            checksums = self._write_marker(staging)
             # Move the old folder aside rather than deleting it first: a crash in between keeps one.
             retired = target.with_name(f".{target.name}.retired-{os.getpid()}")
             if target.exists():
@@ -148,6 +204,59 @@ class LocalStore:
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             raise StorageError(f"cannot write {target}: {exc.strerror}") from None
+        return checksums
+
+    @staticmethod
+    def _files(folder: Path) -> dict[str, Path]:
+        return {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(".")}
+
+    def _write_marker(self, folder: Path) -> dict[str, str]:
+        files = self._files(folder)
+        checksums = {name: file_sha256(path) for name, path in files.items()}
+        sizes = {name: path.stat().st_size for name, path in files.items()}
+        try:
+            write_atomic(folder / DIR_MARKER, json.dumps({"files": checksums, "bytes": sizes}, indent=1, sort_keys=True).encode())
+        except OSError as exc:
+            raise StorageError(f"cannot write {folder / DIR_MARKER}: {exc.strerror}") from None
+        return checksums
+
+    def verify_dir(self, key: str, deep: bool = False) -> list[str]:
+        folder = self._path(key)
+        marker = folder / DIR_MARKER
+        if not marker.is_file():
+            return []  # published before folders carried a marker: nothing to check against
+        try:
+            recorded = json.loads(marker.read_bytes())
+            listed, sizes = dict(recorded["files"]), dict(recorded.get("bytes") or {})
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return [f"{DIR_MARKER}: unreadable, so the folder cannot be checked"]
+        found: dict[str, str | None] = {}
+        problems = []
+        for name, path in self._files(folder).items():
+            real = path.resolve()
+            if real != self.root and self.root not in real.parents:
+                problems.append(f"{name}: a link to {real}, outside the storage folder")
+                continue
+            found[name] = file_sha256(path) if deep else None
+            # Without hashing, a size differing from the published one still gives truncation away.
+            if not deep and name in sizes and path.stat().st_size != sizes[name]:
+                problems.append(f"{name}: {path.stat().st_size} bytes, {sizes[name]} published")
+        return problems + folder_problems(listed, found)
+
+    def quarantine(self, key: str, dest: str) -> bool:
+        source = self._link_path(key)
+        if not source.exists() and not source.is_symlink():
+            return False
+        target = self._path(dest)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)  # a rename: the object is kept, under its quarantine name
+        except OSError as exc:
+            raise StorageError(f"cannot move {source} to {target}: {exc.strerror}") from None
+        return True
+
+    def quarantine_dir(self, key: str, dest: str) -> bool:
+        return self.quarantine(key, dest)
 
     def dir_complete(self, key: str) -> bool:
         # put_dir renames a finished folder into place, so a folder with files is a whole one.
@@ -179,14 +288,15 @@ class LocalStore:
         return []  # writes land in place; nothing is ever left waiting
 
 
-def open_store(uri: str | None) -> Store:
-    """The store for a storage URI: a folder, file://... or s3://bucket/prefix (default QABENCH_STORAGE, else `runs/`)."""
-    uri = uri or os.environ.get("QABENCH_STORAGE") or DEFAULT_STORAGE
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        return LocalStore(Path(parsed.path if parsed.scheme == "file" else uri))
-    if parsed.scheme == "s3":
-        from runner.s3store import open_s3_store
+def open_store(uri: str | StorageLocation | None) -> Store:
+    """The store for a storage location: a folder, file:///... or s3://bucket/prefix (runner/storage_uri.py).
 
-        return open_s3_store(uri)
-    raise UserError(f"unsupported storage URI {uri!r}: use a folder path, file://... or s3://bucket/prefix")
+    A string is parsed with relative folders against the working folder; None means
+    QABENCH_STORAGE, else `runs/`. Manifests' `output.storage` arrives resolved (`choose_storage`).
+    """
+    location = uri if isinstance(uri, StorageLocation) else parse_storage(uri) if uri else choose_storage(None)
+    if location.path is not None:
+        return LocalStore(location.path)
+    from runner.s3store import open_s3_store
+
+    return open_s3_store(location.uri)

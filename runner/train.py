@@ -11,11 +11,13 @@ import math
 import random
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from runner import distributed, preemption
+from runner.atomic import write_atomic
 from runner.console import log, progress
 from runner.data import Example
 from runner.icl import PromptFormat
@@ -131,16 +133,58 @@ def count_parameters(model: Any) -> tuple[int, int]:
 
 
 CHECKPOINT_COMPLETE = "qabench_complete"
+CHECKPOINT_LOG = "qabench_train_log.jsonl"
+"""train_log.jsonl as it stood when the checkpoint was saved: exactly the records of its steps."""
+CHECKPOINT_LOG_STATE = "qabench_log_state.json"
+"""What the trainer accumulated towards its next log record when the checkpoint was saved."""
 
 
-def _mark_checkpoints_complete():
+def _log_accumulators(trainer: Any) -> dict[str, Any]:
+    """The trainer's (and trl's) sums since the last log record, which its checkpoints leave out.
+
+    A checkpoint between two log records (`save_steps` not a multiple of `logging_steps`, a
+    checkpoint on SIGTERM) would otherwise resume with empty sums, and the next record's mean
+    loss, token accuracy and running token count would cover only the resumed steps.
+    """
+    return {
+        "tr_loss": trainer._tr_loss.item(),  # float32 → Python float → float32 is exact
+        "last_logged": trainer._globalstep_last_logged,
+        "total_train_tokens": trainer._total_train_tokens,
+        "metrics": {key: list(values) for key, values in trainer._metrics["train"].items()},
+    }
+
+
+def _restore_log_accumulators(checkpoint: Path, trainer: Any):
+    """A TrainerCallback putting back, as training begins, the sums saved with `checkpoint`."""
+    from transformers import TrainerCallback
+
+    class RestoreSums(TrainerCallback):
+        # on_train_begin runs after the trainer zeroed its sums and before the first step.
+        def on_train_begin(self, args, state, control, **kwargs):
+            path = checkpoint / CHECKPOINT_LOG_STATE
+            if not path.is_file():
+                return  # saved before the sums travelled with checkpoints
+            saved = json.loads(path.read_text())
+            if distributed.world_size() == 1:  # rank 0's loss sum alone would misstate the others'
+                trainer._tr_loss.fill_(saved["tr_loss"])
+            trainer._globalstep_last_logged = saved["last_logged"]
+            trainer._total_train_tokens = saved["total_train_tokens"]
+            trainer._metrics["train"].clear()
+            trainer._metrics["train"].update(saved["metrics"])
+
+    return RestoreSums()
+
+
+def _mark_checkpoints_complete(train_log: TrainLog, accumulators: Callable[[], dict[str, Any]]):
     from transformers import TrainerCallback
 
     class MarkComplete(TrainerCallback):
-        """Marks a checkpoint folder once the trainer has finished writing it.
+        """Marks a checkpoint folder once the trainer has finished writing it, with the log so far.
 
         The trainer writes checkpoints file by file; a run killed mid-save leaves a folder that
-        cannot be resumed from, so only marked folders count.
+        cannot be resumed from, so only marked folders count. The log copy (and the sums towards
+        the next record) go in before the marker: a resumed run restarts its log from it, so records a killed attempt wrote after
+        this checkpoint never survive beside the resumed run's own records of the same steps.
         """
 
         def on_save(self, args, state, control, **kwargs):
@@ -148,6 +192,8 @@ def _mark_checkpoints_complete():
                 return  # rank 0 writes checkpoints; another rank could mark one still being written
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir():
+                write_atomic(folder / CHECKPOINT_LOG, train_log.snapshot())
+                write_atomic(folder / CHECKPOINT_LOG_STATE, json.dumps(accumulators()).encode())
                 (folder / CHECKPOINT_COMPLETE).write_text(str(state.global_step))
 
     return MarkComplete()
@@ -159,7 +205,83 @@ def complete_checkpoints(checkpoint_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
-def _progress_callback(total_steps: int, log_path: Path):
+def reached_last_step(checkpoint: Path) -> bool:
+    """Whether a checkpoint was saved after the training's last step (the trainer always saves one).
+
+    The trainer's loop takes a step before it checks `max_steps`, so resuming from such a
+    checkpoint would train one step more than planned; a run cut off after its last step (in the
+    final held-out evaluation, publishing the adapter) resumes from the checkpoint before instead.
+    """
+    state = checkpoint / "trainer_state.json"
+    if not state.is_file():
+        return False
+    saved = json.loads(state.read_text())
+    return saved.get("max_steps", 0) > 0 and saved.get("global_step", 0) >= saved["max_steps"]
+
+
+class TrainLog:
+    """train_log.jsonl of this training session: restored from the resumed checkpoint, then
+    appended record by record through one handle, with every record also kept in memory.
+
+    The file is replaced, never truncated in place, and written through the handle opened on the
+    replacement: a second process training the same folder at once (which the lease prevents)
+    would append to its own file, never into this one, and checkpoints copy this session's
+    records, not whatever the file holds.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._lines: list[bytes] = []
+        self._handle = None
+
+    def restore(self, checkpoint: Path | None) -> list[dict]:
+        """Hold exactly the records of the steps `checkpoint` covers (none without one) and return
+        them: what an earlier attempt logged after its newest checkpoint is dropped."""
+        if checkpoint is None:
+            data = b""
+        elif (checkpoint / CHECKPOINT_LOG).is_file():
+            data = (checkpoint / CHECKPOINT_LOG).read_bytes()
+        else:  # a checkpoint saved before the log travelled with it: keep the records of its steps
+            step = int(checkpoint.name.split("-")[1])
+            lines = self.path.read_bytes().splitlines(keepends=True) if self.path.is_file() else []
+            data = b"".join(line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step)
+        write_atomic(self.path, data)
+        self._lines = data.splitlines(keepends=True)
+        self._handle = self.path.open("ab")
+        return [json.loads(line) for line in self._lines if line.strip()]
+
+    def append(self, record: dict[str, Any]) -> None:
+        line = (json.dumps(record) + "\n").encode()
+        self._lines.append(line)
+        if self._handle is not None:
+            self._handle.write(line)
+            self._handle.flush()  # whole records on disk: publish_log reads the file
+
+    def snapshot(self) -> bytes:
+        """The records so far, as the file holds them."""
+        return b"".join(self._lines)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+# Trainer log fields that are clock readings (`eval_runtime`, `eval_samples_per_second`,
+# `eval_model_preparation_time`, ...): left out of train_log.jsonl, so the log of a resumed
+# training equals an uninterrupted one's byte for byte.
+_TIMING_SUFFIXES = ("_runtime", "_per_second", "_time")
+
+
+def _log_record(step: int, epoch: float | None, logs: dict[str, Any]) -> dict[str, Any] | None:
+    """The train_log.jsonl record of one trainer log call, or None for the trainer's closing summary
+    (`train_runtime`, `train_loss` over this session only: a resumed run's would differ)."""
+    if "train_runtime" in logs:
+        return None
+    return {"step": step, "epoch": epoch, **{k: v for k, v in logs.items() if not k.endswith(_TIMING_SUFFIXES)}}
+
+
+def _progress_callback(total_steps: int, train_log: TrainLog):
     from transformers import TrainerCallback
 
     class ProgressAndLog(TrainerCallback):
@@ -184,9 +306,9 @@ def _progress_callback(total_steps: int, log_path: Path):
             if not state.is_world_process_zero:
                 return
             logs = logs or {}
-            record = {"step": state.global_step, "epoch": state.epoch, "time": time.time(), **logs}
-            with log_path.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
+            record = _log_record(state.global_step, state.epoch, logs)
+            if record is not None:
+                train_log.append(record)
             shown = [f"{key} {logs[key]:.4f}" for key in ("loss", "eval_loss") if isinstance(logs.get(key), float)]
             if shown:
                 log(f"step {state.global_step}: " + ", ".join(shown))
@@ -216,6 +338,53 @@ def _score_answer_positions_only_on_cpu() -> None:
 
     compact_on_cpu.__qabench__ = True
     trl_utils._use_triton = compact_on_cpu
+
+
+@contextmanager
+def _global_randomness_kept(device: str):
+    """Restore python's, numpy's and torch's global generators when the block ends.
+
+    The held-out evaluation before training runs only when no checkpoint exists; each DataLoader
+    it iterates draws a seed from torch's generator. Run bare, it would shift the stream that
+    orders the first epoch and drops out activations in a fresh run but not in a resumed one.
+    """
+    import numpy as np
+    import torch
+
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    devices = [torch.cuda.current_device()] if device == "cuda" and torch.cuda.is_available() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
+def _epoch_seeded_sampler(sampler: Any, seed: int, epoch: Callable[[], float | None]):
+    """`sampler` (transformers' LengthGroupedSampler) drawing each epoch's order from its own
+    generator seeded with (seed, epoch), never from torch's global one.
+
+    The trainer builds the resumed epoch's order before it restores the checkpoint's RNG state, so
+    an order drawn from the global generator depends on everything that ran since the trainer was
+    built: a resumed run would see a different order for the rest of its epoch. The epoch comes
+    from the trainer's state when iteration starts: whole at an epoch's start, and its floor when
+    a run resumes mid-epoch.
+    """
+    import torch
+    from torch.utils.data import Sampler
+
+    class EpochSeeded(Sampler):
+        def __len__(self) -> int:
+            return len(sampler)
+
+        def __iter__(self):
+            current = math.floor(epoch() or 0)
+            # A prime stride: distinct (seed, epoch) pairs get distinct seeds below a million epochs.
+            sampler.generator = torch.Generator().manual_seed(seed * 1_000_003 + current)
+            return iter(sampler)
+
+    return EpochSeeded()
 
 
 def train(
@@ -274,16 +443,26 @@ def train(
         # Without GPUs the trainer only goes data parallel when told to use the CPU with gloo.
         **({"use_cpu": True, "ddp_backend": "gloo"} if device == "cpu" and distributed.world_size() > 1 else {}),
     )
-    trainer = SFTTrainer(
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    class Trainer(SFTTrainer):
+        def _get_train_sampler(self, train_dataset=None):
+            sampler = super()._get_train_sampler(train_dataset)
+            if isinstance(sampler, LengthGroupedSampler):
+                return _epoch_seeded_sampler(sampler, spec.seed, lambda: self.state.epoch)
+            return sampler
+
+    train_log = TrainLog(log_path)
+    trainer = Trainer(
         model=model,
         args=config,
         train_dataset=dataset,
         eval_dataset=eval_dataset,
         processing_class=fmt.tokenizer,
         callbacks=[
-            _progress_callback(steps, log_path),
+            _progress_callback(steps, train_log),
             preemption.trainer_callback(),
-            _mark_checkpoints_complete(),
+            _mark_checkpoints_complete(train_log, lambda: _log_accumulators(trainer)),
             *extra_callbacks(steps),
         ],
     )
@@ -292,19 +471,38 @@ def train(
     counter = TokenCounter(trainer.data_collator)
     trainer.data_collator = counter
     checkpoints = complete_checkpoints(checkpoint_dir)
-    for partial in set(checkpoint_dir.glob("checkpoint-*")) - set(checkpoints) if distributed.is_main() else ():
-        shutil.rmtree(partial)  # cut off mid-write by a kill; the trainer would choke on it
-    if checkpoints:
-        log(f"resuming training from {checkpoints[-1].name}")
+    finished = [c for c in checkpoints if reached_last_step(c)]
+    checkpoints = [c for c in checkpoints if c not in finished]
+    # Partial ones were cut off mid-write by a kill (the trainer would choke on them); finished
+    # ones are redone from the checkpoint before, and the trainer would rewrite them in place.
+    for unused in set(checkpoint_dir.glob("checkpoint-*")) - set(checkpoints) if distributed.is_main() else ():
+        shutil.rmtree(unused)
+    resume = checkpoints[-1] if checkpoints else None
+    if finished:
+        log(f"{finished[-1].name} is the last step's; redoing the steps after {resume.name if resume else 'the start'} to resume exactly")
+    if resume is not None:
+        log(f"resuming training from {resume.name}")
+        trainer.add_callback(_restore_log_accumulators(resume, trainer))
+    logged = train_log.restore(resume) if distributed.is_main() else []
     reset_peak_memory(device)
-    before = _heldout_loss(trainer) if eval_dataset is not None and not checkpoints else None
+    before = None
+    if eval_dataset is not None and resume is None:
+        with _global_randomness_kept(device):
+            before = _heldout_loss(trainer)
+    elif eval_dataset is not None:
+        # The held-out loss before training was logged at step 0 by the attempt that started it.
+        before = next((r["eval_loss"] for r in logged if r.get("step") == 0 and "eval_loss" in r), None)
     started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
+    output = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     seconds = time.perf_counter() - started
-    preemption.stop_if_requested(f"checkpoint-{trainer.state.global_step}")
+    if trainer.state.global_step < trainer.state.max_steps:
+        # Stopped early on SIGTERM. Once the last step is done, finishing (a held-out evaluation
+        # and the adapter) costs less than redoing steps from the previous checkpoint after a retry.
+        preemption.stop_if_requested(f"checkpoint-{trainer.state.global_step}")
     # Counted before the final evaluation, whose batches go through the same collator.
     real, padded = distributed.total([counter.real, counter.padded])
     after = _heldout_loss(trainer) if eval_dataset is not None else None
+    train_log.close()
     trainable, total = count_parameters(model)
     return TrainResult(
         steps=trainer.state.global_step,

@@ -144,6 +144,7 @@ def _train(stage: TrainingStage, store: Store, lease: Lease | None) -> dict[str,
     summary = result.as_dict()
     if distributed.is_main():
         with tempfile.TemporaryDirectory() as staging:
+            _sort_config_sets(model)
             method.save_trained(model, Path(staging))
             summary["adapter_bytes"] = sum(f.stat().st_size for f in Path(staging).rglob("*") if f.is_file())
             (Path(staging) / TRAIN_SUMMARY).write_text(json.dumps(summary, indent=2))
@@ -154,6 +155,18 @@ def _train(stage: TrainingStage, store: Store, lease: Lease | None) -> dict[str,
     distributed.barrier()
     log(f"trained {result.steps} steps in {result.seconds:.0f}s, final loss {result.final_loss:.4f}")
     return summary
+
+
+def _sort_config_sets(model: Any) -> None:
+    """Turn the set fields of the model's peft configs (`target_modules`, ...) into sorted lists.
+
+    peft writes a set as a list in iteration order, which follows the process's string-hash seed:
+    the same training would store a differently ordered adapter_config.json in every process.
+    """
+    for config in getattr(model, "peft_config", {}).values():
+        for field, value in vars(config).items():
+            if isinstance(value, set):
+                setattr(config, field, sorted(value))
 
 
 def release_memory() -> None:

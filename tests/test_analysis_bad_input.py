@@ -30,9 +30,10 @@ def _snapshot(root: Path) -> dict[str, tuple[int, str]]:
     return {str(p.relative_to(root)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest()) for p in root.rglob("*") if p.is_file()}
 
 
-def _report(storage: Path, out: Path, capsys) -> tuple[str, str, str]:
+def _report(storage: Path, out: Path, capsys, code: int = 4) -> tuple[str, str, str]:
+    """Exit 4 when a completed run was left out as damaged, 0 when everything completed was reported."""
     before = _snapshot(storage)
-    assert analysis_main(["report", str(storage), "--out", str(out), "--metrics", "exact_match", "--jobs", "1"]) == 0
+    assert analysis_main(["report", str(storage), "--out", str(out), "--metrics", "exact_match", "--jobs", "1"]) == code
     assert _snapshot(storage) == before, "the report changes and deletes nothing in SOURCE"
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err
@@ -93,7 +94,7 @@ def test_a_finished_training_stage_beside_a_run_is_neither_reported_nor_skipped(
     ):
         (storage / key).parent.mkdir(parents=True, exist_ok=True)
         (storage / key).write_bytes(data)
-    err, markdown, _ = _report(storage, tmp_path / "out", capsys)
+    err, markdown, _ = _report(storage, tmp_path / "out", capsys, code=0)
     _only_good_reported(tmp_path / "out")
     assert "skipped" not in err and training.prefix not in markdown
     analysis = analyse(str(storage), ["exact_match"], jobs=1, show_progress=False)
@@ -104,7 +105,7 @@ def test_run_folder_without_success_is_listed_as_skipped(tmp_path, capsys):
     storage = tmp_path / "runs"
     write_run(storage, SyntheticRun("good"), EXAMPLES)
     unfinished = write_run(storage, SyntheticRun("unfinished"), EXAMPLES, success=False)
-    err, markdown, _ = _report(storage, tmp_path / "out", capsys)
+    err, markdown, _ = _report(storage, tmp_path / "out", capsys, code=0)
     assert f"skipped: {unfinished}: no _SUCCESS" in err and f"{unfinished}: no _SUCCESS" in markdown
     _only_good_reported(tmp_path / "out")
 
@@ -199,7 +200,7 @@ def test_runs_on_different_eval_data_are_reported_but_not_paired(tmp_path, capsy
     storage = tmp_path / "runs"
     tuned = write_run(storage, SyntheticRun("tuned", method="lora", train_seconds=60.0), EXAMPLES)
     prompted = write_run(storage, SyntheticRun("prompted", shots=2, data_tag="other-data"), EXAMPLES)
-    err, markdown, _ = _report(storage, tmp_path / "out", capsys)
+    err, markdown, _ = _report(storage, tmp_path / "out", capsys, code=0)
     assert "not compared:" in err and str(tuned / "manifest.yaml") in err and str(prompted / "manifest.yaml") in err
     assert "different data" in markdown and "## Fine-tuning cost" not in markdown
     assert len((tmp_path / "out" / "results.csv").read_text().splitlines()) == 3

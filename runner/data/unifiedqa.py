@@ -153,7 +153,7 @@ def _parse_answers(data: bytes, path: Path, problems: list[Problem]) -> dict[int
             continue
         try:
             value = json.loads(text)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             problems.append(Problem(f"not JSON: {exc}", file=str(path), line=number))
             continue
         if not isinstance(value, list) or not all(isinstance(a, str) for a in value):

@@ -14,7 +14,7 @@ class PromptLookupSpec(DecodingSpec):
     """Greedy decoding sped up by copying candidate continuations from the prompt."""
 
     kind: Literal["prompt_lookup"] = "prompt_lookup"
-    batch_size: int = Field(1, ge=1)
+    batch_size: int = Field(1, ge=1, le=4096)
     """Must be 1: transformers verifies candidates for one sequence at a time."""
     num_tokens: int = Field(10, ge=1, le=128)
     """Candidate tokens copied per lookup."""

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from runner.decoding import Decoding, DecodingSpec, register
+from runner.spec import Seed
 
 
 class SampleSpec(DecodingSpec):
@@ -23,11 +24,11 @@ class SampleSpec(DecodingSpec):
     kind: Literal["sample"] = "sample"
     temperature: float = Field(0.7, gt=0, le=10)
     """Logits are divided by this before sampling: lower is closer to greedy."""
-    top_k: int = Field(0, ge=0)
+    top_k: int = Field(0, ge=0, le=1_000_000)
     """Sample among the k most likely tokens (0 = no limit)."""
     top_p: float = Field(1.0, gt=0, le=1)
     """Sample among the most likely tokens whose probabilities add up to p (nucleus)."""
-    seed: int = 0
+    seed: Seed = 0
     """With the example id, seeds each example's generator."""
 
 

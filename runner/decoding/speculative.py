@@ -20,7 +20,7 @@ class SpeculativeSpec(DecodingSpec):
     """Assisted generation with a draft model."""
 
     kind: Literal["speculative"] = "speculative"
-    batch_size: int = Field(1, ge=1)
+    batch_size: int = Field(1, ge=1, le=4096)
     """Must be 1: transformers runs assisted generation one sequence at a time."""
     draft: DraftSpec
     """The draft model (package, path or hub id, optionally with a saved adapter), e.g. a smaller

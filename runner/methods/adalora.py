@@ -10,7 +10,8 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from runner.errors import UserError
 from runner.methods import Method, MethodContext, TargetModules, peft_target_modules, register, require_modules
-from runner.spec import Spec
+from runner.methods.lora import ALPHA_MAX
+from runner.spec import STEPS_MAX, Spec
 
 if TYPE_CHECKING:
     from runner.manifest import Manifest
@@ -27,19 +28,19 @@ class AdaloraSpec(Spec):
     """Starting rank of every adapted matrix."""
     target_r: int = Field(8, ge=1, le=1024, validate_default=True)
     """Average rank left when pruning ends: the budget is target_r × the number of adapted matrices."""
-    tinit: int = Field(0, ge=0)
+    tinit: int = Field(0, ge=0, le=STEPS_MAX)
     """Optimizer steps of warm-up at the full budget before pruning starts."""
-    tfinal: int = Field(0, ge=0)
+    tfinal: int = Field(0, ge=0, le=STEPS_MAX)
     """Optimizer steps at the end that train the final ranks without further pruning."""
-    deltaT: int = Field(1, ge=1)
+    deltaT: int = Field(1, ge=1, le=STEPS_MAX)
     """Steps between two budget reallocations during pruning."""
     beta1: float = Field(0.85, gt=0, lt=1)
     """EMA coefficient smoothing the sensitivity |w·∂L/∂w| of each weight."""
     beta2: float = Field(0.85, gt=0, lt=1)
     """EMA coefficient of the sensitivity's uncertainty."""
-    orth_reg_weight: float = Field(0.5, ge=0)
+    orth_reg_weight: float = Field(0.5, ge=0, le=1000)
     """Weight of the penalty keeping P and Q orthogonal (‖PᵀP − I‖ + ‖QQᵀ − I‖)."""
-    alpha: float = Field(32, gt=0)
+    alpha: float = Field(32, gt=0, le=ALPHA_MAX)
     """Scaling numerator: the update is multiplied by alpha / (current rank)."""
     dropout: float = Field(0.05, ge=0, lt=1)
     """Dropout on the adapter input during training."""

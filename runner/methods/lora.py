@@ -9,6 +9,9 @@ from pydantic import Field
 from runner.methods import Method, MethodContext, TargetModules, peft_target_modules, register, require_modules
 from runner.spec import Spec
 
+# r ≤ 1024 and alpha ≤ 16 × 1024: a scale alpha/r above 16 (or 16·√1024 with rslora) only destabilises training.
+ALPHA_MAX = 16_384
+
 
 class LoraSpec(Spec):
     """LoRA: train rank-r updates W + (alpha/r)·BA of the target linear layers; the base stays frozen."""
@@ -16,7 +19,7 @@ class LoraSpec(Spec):
     kind: Literal["lora"] = "lora"
     r: int = Field(16, ge=1, le=1024)
     """Rank of the update matrices."""
-    alpha: float = Field(32, gt=0)
+    alpha: float = Field(32, gt=0, le=ALPHA_MAX)
     """Scaling numerator: the update is multiplied by alpha/r (alpha/sqrt(r) with rslora)."""
     dropout: float = Field(0.05, ge=0, lt=1)
     """Dropout on the adapter input during training."""

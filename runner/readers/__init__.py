@@ -23,6 +23,31 @@ from runner.registry import Registry
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
+# C0 control bytes and DEL. A row is text: tab (the TSV separator, JSON whitespace) and newline
+# (the row separator) have their place, and a carriage return only before a newline (CRLF files).
+CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]")
+_CONTROL_NAMES = {0x00: "NUL", 0x0D: "carriage return", 0x1B: "escape", 0x7F: "DEL"}
+
+
+def control_problems(data: bytes, path: Path) -> list[Problem]:
+    """One problem per line holding a control byte (the first such byte), in one pass over the bytes."""
+    problems: list[Problem] = []
+    line, counted_to, last_line = 1, 0, 0
+    for match in CONTROL_BYTES.finditer(data):
+        at = match.start()
+        if data[at] == 0x0D and data[at + 1 : at + 2] in (b"\n", b""):
+            continue
+        line += data.count(b"\n", counted_to, at)
+        counted_to = at
+        if line == last_line:
+            continue
+        last_line = line
+        column = at - (data.rfind(b"\n", 0, at) + 1) + 1
+        name = _CONTROL_NAMES.get(data[at], "control character")
+        problems.append(Problem(f"{name} (byte 0x{data[at]:02x}) at column {column}: data rows are text; remove it", str(path), line))
+    return problems
+
+
 def name_problem(name: str) -> str | None:
     """Why `name` cannot be a dataset folder name, or None if it can."""
     if SAFE_NAME.match(name):
@@ -87,10 +112,23 @@ def parse_split(
         raise ValueError(f"data format {data_format!r} has no answers file")
     # The whole file is parsed even when only a few examples are kept, so a broken line past the
     # cut is still reported and the data hash always describes a file that parses.
-    if answers is None:
-        examples = reader.parse(data, Path(path), dataset, split)
-    else:
-        examples = reader.parse(data, Path(path), dataset, split, answers=answers)
+    control = control_problems(data, Path(path))
+    if answers is not None:
+        control += control_problems(answers, reader.answers_file(Path(path)))
+    try:
+        if answers is None:
+            examples = reader.parse(data, Path(path), dataset, split)
+        else:
+            examples = reader.parse(data, Path(path), dataset, split, answers=answers)
+    except DataError as exc:
+        if not control:
+            raise
+        # A line with a control byte is reported for that alone, not also for what it broke.
+        flagged = {(p.file, p.line) for p in control}
+        rest = [p for p in exc.problems if (p.file, p.line) not in flagged]
+        raise DataError(sorted(control + rest, key=lambda p: (p.file or "", p.line or 0))) from None
+    if control:
+        raise DataError(control)
     return examples if max_examples is None else examples[:max_examples]
 
 

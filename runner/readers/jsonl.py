@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 import string
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ KEYS = ("question", "context", "options", "answers", "format", "dataset", "id")
 # Options are lettered a..z like UnifiedQA's "(A) ... (B) ...", so 26 is the most a line can have.
 _LETTERS = string.ascii_lowercase
 _YES_NO = {"yes", "no"}
+# Decoded text: C0 controls and DEL but tab, newline and carriage return (the raw bytes are checked in runner.readers).
+CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 class _DuplicateKey(ValueError):
@@ -69,6 +72,9 @@ def _text(obj: dict[str, Any], key: str, problems: list[str], required: bool = F
     if not isinstance(value, str):
         problems.append(f"{key} must be a string, got {_kind(value)}")
         return None
+    if (problem := _control_problem(key, value)) is not None:
+        problems.append(problem)
+        return None
     return value.strip()
 
 
@@ -82,11 +88,21 @@ def _texts(obj: dict[str, Any], key: str, problems: list[str]) -> list[str] | No
     for i, item in enumerate(value):
         if not isinstance(item, str):
             problems.append(f"{key}[{i}] must be a string, got {_kind(item)}")
+        elif (problem := _control_problem(f"{key}[{i}]", item)) is not None:
+            problems.append(problem)
         elif not item.strip():
             problems.append(f"{key}[{i}] is empty")
         else:
             texts.append(item.strip())
     return texts if len(texts) == len(value) else None
+
+
+def _control_problem(key: str, value: str) -> str | None:
+    """A control character written as a JSON escape (\\u0000): text may hold tab and newline only."""
+    found = CONTROL_CHARACTERS.search(value)
+    if found is None:
+        return None
+    return f"{key} holds the control character U+{ord(found.group()):04X} at position {found.start() + 1}; only tab and newline may appear in text"
 
 
 def _unknown_key(key: str) -> str:
@@ -188,6 +204,8 @@ def _parse_line(text: str, folder_dataset: str) -> tuple[dict[str, Any] | None, 
         return None, None, [f"invalid JSON: {exc.msg} at column {exc.colno}"]
     except RecursionError:
         return None, None, ["invalid JSON: nested too deeply"]
+    except ValueError:  # int() refuses more than 4,300 digits (sys.get_int_max_str_digits)
+        return None, None, ["invalid JSON: a number too long to read"]
     if not isinstance(obj, dict):
         return None, None, [f"expected a JSON object {{...}}, got {_kind(obj)}"]
     problems: list[str] = []
