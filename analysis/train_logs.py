@@ -1,9 +1,9 @@
 """Loss curves of the trainings behind the runs, from each training's `train_log.jsonl`.
 
 The runner appends every trainer log record to `trainings/<digest>/train_log.jsonl` as JSON
-lines: `{"step", "epoch", "time", "loss", "grad_norm", "learning_rate", ...}` for training steps,
-`{"step", ..., "eval_loss", "eval_runtime", ...}` for held-out evaluations (one before the first
-step, one at each `eval_steps`, one after the last), and a closing `train_runtime` record. An
+lines: `{"step", "epoch", "loss", "grad_norm", "learning_rate", ...}` for training steps and
+`{"step", ..., "eval_loss", ...}` for held-out evaluations (one before the first step, one at
+each `eval_steps`, one after the last), without clock readings (runner/train.py). An
 evaluation finds its training through metrics.json `training`; several evaluations of one
 training (greedy and prompt-lookup decoding, say) share one curve.
 """

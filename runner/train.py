@@ -183,8 +183,9 @@ def _mark_checkpoints_complete(train_log: TrainLog, accumulators: Callable[[], d
 
         The trainer writes checkpoints file by file; a run killed mid-save leaves a folder that
         cannot be resumed from, so only marked folders count. The log copy (and the sums towards
-        the next record) go in before the marker: a resumed run restarts its log from it, so records a killed attempt wrote after
-        this checkpoint never survive beside the resumed run's own records of the same steps.
+        the next record) go in before the marker: a resumed run restarts its log from it, so
+        records a killed attempt wrote after this checkpoint never survive beside the resumed
+        run's own records of the same steps.
         """
 
         def on_save(self, args, state, control, **kwargs):
@@ -221,18 +222,16 @@ def reached_last_step(checkpoint: Path) -> bool:
 
 class TrainLog:
     """train_log.jsonl of this training session: restored from the resumed checkpoint, then
-    appended record by record through one handle, with every record also kept in memory.
+    appended record by record, with every record also kept in memory.
 
-    The file is replaced, never truncated in place, and written through the handle opened on the
-    replacement: a second process training the same folder at once (which the lease prevents)
-    would append to its own file, never into this one, and checkpoints copy this session's
-    records, not whatever the file holds.
+    Checkpoints copy the records in memory, not the file: only the lease keeps a second process
+    from training (and appending) at once, and whatever such a process wrote never reaches this
+    session's checkpoints. The file is replaced, never truncated in place.
     """
 
     def __init__(self, path: Path):
         self.path = path
         self._lines: list[bytes] = []
-        self._handle = None
 
     def restore(self, checkpoint: Path | None) -> list[dict]:
         """Hold exactly the records of the steps `checkpoint` covers (none without one) and return
@@ -247,24 +246,19 @@ class TrainLog:
             data = b"".join(line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step)
         write_atomic(self.path, data)
         self._lines = data.splitlines(keepends=True)
-        self._handle = self.path.open("ab")
         return [json.loads(line) for line in self._lines if line.strip()]
 
     def append(self, record: dict[str, Any]) -> None:
         line = (json.dumps(record) + "\n").encode()
         self._lines.append(line)
-        if self._handle is not None:
-            self._handle.write(line)
-            self._handle.flush()  # whole records on disk: publish_log reads the file
+        # Opened by name each time: publishing rewrites the file whole (write_atomic replaces it),
+        # so a handle kept open would write into the replaced file.
+        with self.path.open("ab") as handle:
+            handle.write(line)
 
     def snapshot(self) -> bytes:
         """The records so far, as the file holds them."""
         return b"".join(self._lines)
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
 
 
 # Trainer log fields that are clock readings (`eval_runtime`, `eval_samples_per_second`,
@@ -502,7 +496,6 @@ def train(
     # Counted before the final evaluation, whose batches go through the same collator.
     real, padded = distributed.total([counter.real, counter.padded])
     after = _heldout_loss(trainer) if eval_dataset is not None else None
-    train_log.close()
     trainable, total = count_parameters(model)
     return TrainResult(
         steps=trainer.state.global_step,

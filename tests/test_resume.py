@@ -26,7 +26,9 @@ from conftest import REPO, SYNTHETIC, stage_folders, write_manifest
 from runner.cli import main
 
 STEPS = 6
-TRAIN = {"steps": STEPS, "batch_size": 4, "learning_rate": 1e-3, "save_steps": 2, "eval_steps": 2, "heldout_examples": 4, "logging_steps": 3}
+# 4 train examples of each of 4 datasets, 3 held out: 13 in batches of 5 make 3 steps an epoch, so
+# the 6 steps span two epochs and checkpoint-4 lies one step into the second.
+TRAIN = {"steps": STEPS, "batch_size": 5, "learning_rate": 1e-3, "save_steps": 2, "eval_steps": 2, "heldout_examples": 3, "logging_steps": 3}
 LORA = {"kind": "lora", "r": 4, "alpha": 8, "dropout": 0.1, "target_modules": "attention"}
 SUMMARY = "qabench_train.json"
 # Training-summary fields measured with a clock or a memory probe, or over this session's steps only
@@ -37,16 +39,17 @@ TIMED_COLUMNS = {"batch_seconds", "batch_first_token_seconds", "batch_peak_memor
 
 # (point, N): the N-th arrival at the point kills the run (see tests/kill_at.py). 6 steps with
 # checkpoints at 2, 4, 6 and log records at 3 and 6 (a resume from 2 or 4 must carry the sums
-# towards the next record); held-out evaluations before training, at 2, 4, 6 and after; 5 shards.
+# towards the next record); held-out evaluations before training, at 2, 4, 6 and after; 4 shards
+# of 3 evaluation examples.
 FIXED = {
     "heldout-eval-before-training": ("heldout-eval", 1),
     "heldout-eval-at-step-4": ("heldout-eval", 3),
     "heldout-eval-after-training": ("heldout-eval", 5),
-    "between-steps-3-and-4": ("step", 3),
+    "between-steps-5-and-6": ("step", 5),
     "mid-checkpoint-4-save": ("checkpoint-save", 2),
     "mid-checkpoint-4-upload": ("checkpoint-upload", 2),
     "between-shards-2-and-3": ("between-shards", 2),
-    "mid-shard-4-upload": ("shard-upload", 4),
+    "mid-shard-3-upload": ("shard-upload", 3),
     "sigterm-after-step-5": ("sigterm", 5),
 }
 # Seeded random points: the same N on every run of the suite.
@@ -54,10 +57,10 @@ RANDOM = {f"random-{seed}-{point}": (point, random.Random(seed).randint(1, top))
     [("step", STEPS), ("heldout-eval", 5), ("any-write", 12)]
 )}
 LOCAL_CASES = {**FIXED, **RANDOM}
-# Against S3 the points where storage behaves differently from a local folder, plus one random.
+# Against S3 the points where storage behaves differently from a local folder (uploads, the local
+# working copy), plus one random.
 S3_CASES = {name: LOCAL_CASES[name] for name in (
-    "heldout-eval-before-training", "between-steps-3-and-4", "mid-checkpoint-4-upload", "between-shards-2-and-3",
-    "mid-shard-4-upload", "sigterm-after-step-5", "random-2-any-write",
+    "mid-checkpoint-4-upload", "between-shards-2-and-3", "mid-shard-3-upload", "sigterm-after-step-5", "random-2-any-write",
 )}
 
 
@@ -66,11 +69,11 @@ def _manifest(folder: Path, small_data: Path, tiny_models: dict[str, Path]) -> P
         folder,
         "resume",
         model={"path": str(tiny_models["llama"]), "dtype": "float32"},
-        data={"root": str(small_data), "datasets": SYNTHETIC},
+        data={"root": str(small_data), "datasets": SYNTHETIC, "max_train_examples": 4, "max_eval_examples": 3},
         method=LORA,
         train=TRAIN,
         decoding={"kind": "greedy", "max_new_tokens": 6, "batch_size": 4},
-        eval={"shard_size": 5},
+        eval={"shard_size": 3},
     )
 
 
@@ -132,6 +135,7 @@ def test_uninterrupted_train_log_has_one_record_per_step_and_no_clock_readings(u
     heldout = [r["step"] for r in records if "eval_loss" in r]
     assert losses == [3, 6], "every logging_steps"
     assert heldout == [0, 2, 4, 6, 6], "before training, every eval_steps, after training"
+    assert max(r["epoch"] for r in records) == 2, "two epochs: a resume from checkpoint-4 is mid-epoch"
     assert not any(k == "time" or k.endswith(("_runtime", "_per_second", "_time")) for r in records for k in r)
 
 
