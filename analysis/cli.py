@@ -21,7 +21,7 @@ def _parser() -> argparse.ArgumentParser:
         "completed runs were left out as damaged, each listed with its reason and the command that repairs it "
         "(python -m runner verify SOURCE --repair, then rerun its manifest); 2: bad arguments or no usable run; 3: storage unreadable.",
     )
-    report.add_argument("source", help="storage holding runs: a folder, file:// or s3:// URI (e.g. runs/)")
+    report.add_argument("source", help="storage holding runs: a folder (e.g. runs/), file:///absolute/path or s3://bucket/prefix")
     report.add_argument("--out", required=True, help="output folder")
     report.add_argument("--metrics", nargs="+", help="scorers to apply (default: every registered scorer)")
     report.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")

@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run manifests (skips finished runs, resumes interrupted ones)")
     run.add_argument("manifests", nargs="+")
-    run.add_argument("--storage", help="storage URI (folder, file:// or s3://bucket/prefix); overrides output.storage; default runs/")
+    run.add_argument("--storage", help="storage: a folder (relative to the working folder), file:///absolute/path or s3://bucket/prefix; overrides output.storage; default runs/")
     run.set_defaults(handler=_run)
 
     plan = commands.add_parser("plan", help="the stage graph: distinct trainings and evaluations, done, partly done or pending")
@@ -274,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
         "verify", help="check every run and training in a storage against its checksums; --repair moves damage aside and reopens them",
         description="One line per problem. Exit 0 when clean (or everything found was repaired), 4 when problems remain, 3 when storage cannot be read.",
     )
-    verify.add_argument("storage", help="storage URI: a folder, file:// or s3://bucket/prefix")
+    verify.add_argument("storage", help="storage: a folder, file:///absolute/path or s3://bucket/prefix")
     verify.add_argument(
         "--repair", action="store_true",
         help="move damaged objects to <run or training>/_quarantine/<time>/ (never deleted) and reopen their stages; rerun their manifests afterwards",
@@ -282,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(handler=_verify)
 
     pull = commands.add_parser("pull", help="copy a run or a whole prefix from storage to a local folder, checksums verified")
-    pull.add_argument("uri", help="s3://bucket/prefix[/<name>/<digest>], file://... or a folder")
+    pull.add_argument("uri", help="s3://bucket/prefix[/<name>/<digest>], file:///absolute/path or a folder")
     pull.add_argument("dest", help="local folder; each object lands at DEST/<its key below URI>")
     pull.set_defaults(handler=_pull)
 
