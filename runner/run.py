@@ -23,6 +23,7 @@ from runner import distributed
 from runner.console import log
 from runner.context import RunContext, build_context
 from runner.errors import UserError
+from runner.storage import CorruptObject
 from runner.evaluation import (
     generate_shards,
     heal,
@@ -60,19 +61,29 @@ def publish_leftovers(context: RunContext) -> None:
         log(f"uploaded {len(published)} artifact(s) an earlier attempt kept locally")
 
 
-def heal_stages(context: RunContext) -> None:
-    """Move damage aside before anything trusts storage: the evaluation's shards, checksums,
-    metrics and `_SUCCESS`; each finished training's adapter and completion record (a damaged
-    checkpoint is skipped when training resumes, runner/checkpoints.py)."""
+def heal_trainings(context: RunContext, deep: bool) -> bool:
+    """Move a finished training's damaged adapter or completion record aside, so the training
+    resumes from its newest whole checkpoint; whether anything was damaged."""
     from runner.verify_storage import check_training, repair
 
-    if not distributed.is_main():
-        return
+    healed = False
     for stage in context.trainings:
-        check = check_training(context.store, stage.keys, deep=False, checkpoints=False)
+        check = check_training(context.store, stage.keys, deep=deep, checkpoints=False)
         if check:
             reasons = "; ".join(f"{f.key[len(stage.keys.prefix) + 1 :]}: {f.reason}" for f in check.findings if not f.reason.startswith("reopened"))
             log(f"repaired training {stage.keys.digest}: {reasons} — {repair(context.store, check)}; it resumes from its newest whole checkpoint")
+            healed = True
+    return healed
+
+
+def heal_stages(context: RunContext) -> None:
+    """Move damage aside before anything trusts storage: the evaluation's shards, checksums,
+    metrics and `_SUCCESS`; each finished training's adapter and completion record (a damaged
+    checkpoint is skipped when training resumes, runner/checkpoints.py). The adapter check here
+    compares file lists and recorded checksums; its bytes are checked as they download."""
+    if not distributed.is_main():
+        return
+    heal_trainings(context, deep=False)
     heal(context)
 
 
@@ -135,7 +146,15 @@ def run(loaded: LoadedManifest, storage: str | None = None, wait: bool = True) -
     if distributed.is_main():
         record_start(context)
     summary = train_stages(context, wait)
-    evaluate(context)
+    try:
+        evaluate(context)
+    except CorruptObject:
+        # An adapter whose bytes fail their checksums on download: set it aside, train it again
+        # from its newest whole checkpoint, and evaluate with that (one process decides alone).
+        if distributed.world_size() > 1 or not heal_trainings(context, deep=True):
+            raise
+        summary = train_stages(context, wait)
+        evaluate(context)
     distributed.barrier()  # every rank's shards are stored
     if distributed.is_main():
         mark_complete(context, write_metrics(context, summary))

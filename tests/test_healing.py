@@ -338,6 +338,24 @@ def test_s3_next_run_heals_a_damaged_shard_on_its_own(s3_base, bucket, capsys, d
     assert bucket.answers(base.run) == base.answers
 
 
+def test_s3_adapter_whose_bytes_fail_on_download_is_set_aside_and_trained_again(s3_base, bucket, capsys):
+    """Bytes changed after upload with the recorded checksums kept: only the download can tell,
+    so the run that needs the adapter quarantines it, trains again and evaluates with that."""
+    base = s3_base[0]
+    weights = next(k for k in bucket.keys() if k.startswith(f"{base.training}/adapter/") and k.endswith(".safetensors"))
+    data, metadata = bucket.get(weights)
+    bucket.put(weights, _flip(data), metadata)
+    for key in [k for k in bucket.keys() if k.startswith(f"{base.run}/")]:
+        bucket.delete(key)  # the evaluation must load the adapter again
+    capsys.readouterr()
+    assert main(["run", str(base.tuned), "--storage", bucket.uri]) == 0
+    out = capsys.readouterr().out
+    assert f"repaired training {base.training.rsplit('/', 1)[-1]}" in out and "adapter" in out, out
+    assert any(k.startswith(f"{base.training}/_quarantine/") for k in bucket.keys()), "moved aside, not deleted"
+    assert bucket.answers(base.run) == base.answers
+    assert main(["verify", bucket.uri]) == 0, capsys.readouterr().out
+
+
 def test_s3_report_reports_the_good_run_beside_a_shard_overwritten_without_checksum(s3_base, bucket, tmp_path, capsys):
     base = s3_base[0]
     key = f"{base.other}/predictions/shard-00001.parquet"
