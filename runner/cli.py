@@ -70,7 +70,7 @@ def _validate(args: argparse.Namespace) -> int:
     print(f"{len(manifests)} manifest(s){grid_note} valid")
     for style, paths in sorted(styles.items()):
         shown = ", ".join(p.name for p in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
-        print(f"  {style} — {shown}")
+        error(f"note: {style} — {shown}")
     return 0
 
 

@@ -71,7 +71,7 @@ def test_a_base_model_with_a_template_gets_plain_prompts_unless_declared_tuned(t
     model = {"path": str(templated_model), **({} if declared is None else {"instruction_tuned": declared})}
     manifest = tiny_manifest(f"style-{expected}", model=model)
     assert main(["validate", str(manifest)]) == 0
-    assert f"{expected} prompts" in capsys.readouterr().out
+    assert f"{expected} prompts" in capsys.readouterr().err
     storage = tmp_path / "runs"
     assert main(["run", str(manifest), "--storage", str(storage)]) == 0
     run, _ = stage_folders(manifest, storage)
