@@ -255,9 +255,10 @@ def test_completed_run_lists_each_shard_checksum_and_the_report_skips_a_shard_ch
     table = pq.read_table(shards[1])
     pq.write_table(table.slice(0, 7), shards[1])  # a shard replaced after the run completed
     capsys.readouterr()
-    assert analysis_main(["report", str(storage), "--out", str(tmp_path / "report")]) == 0
+    # Exit 4: the report is written, and says a completed run was left out as damaged.
+    assert analysis_main(["report", str(storage), "--out", str(tmp_path / "report")]) == 4
     err = capsys.readouterr().err
-    assert "shard-00001.parquet" in err and "checksum" in err
+    assert "shard-00001.parquet" in err and "checksum" in err and "runner verify" in err
     results = (tmp_path / "report" / "results.csv").read_text()
     assert "checksummed-good" in results and "checksummed," not in results
 
