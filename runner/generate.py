@@ -32,6 +32,23 @@ class Query:
         return cls(example, prompt, fmt.encode(prompt))
 
 
+def query_columns(query: Query) -> dict[str, Any]:
+    """The shard columns that say what was asked, whatever the protocol that answered."""
+    example = query.example
+    return {
+        "id": example.id,
+        "dataset": example.dataset,
+        "format": example.format,
+        "prompt": query.prompt.text,
+        "prompt_sha256": prompt_hash(query.prompt.text),
+        "shot_ids": list(query.prompt.shot_ids),
+        "n_shots": len(query.prompt.shot_ids),
+        "references": list(example.answers),
+        "options": [text for _, text in example.options],
+        "prompt_tokens": len(query.input_ids),
+    }
+
+
 def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     """The text before the earliest stop string, and whether one was found."""
     cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
@@ -238,21 +255,11 @@ def generate_batch(
         if stopped:
             new_tokens = new_tokens[: tokens_through_stop(tokenizer, new_tokens, spec.stop)]
             text = tokenizer.decode(new_tokens, skip_special_tokens=True)
-        example = query.example
         rows.append(
             {
-                "id": example.id,
-                "dataset": example.dataset,
-                "format": example.format,
-                "prompt": query.prompt.text,
-                "prompt_sha256": prompt_hash(query.prompt.text),
-                "shot_ids": list(query.prompt.shot_ids),
-                "n_shots": len(query.prompt.shot_ids),
+                **query_columns(query),
                 "prediction": answer.strip(),
                 "raw_output": text,
-                "references": list(example.answers),
-                "options": [text for _, text in example.options],
-                "prompt_tokens": len(query.input_ids),
                 "output_tokens": len(new_tokens),
                 "stopped": stopped or len(new_tokens) < limit,
                 "batch_size": len(batch),

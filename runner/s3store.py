@@ -431,14 +431,8 @@ class S3Store:
 
     def quarantine(self, key: str, dest: str) -> bool:
         source, target = self._object(key), self._object(dest)
-        try:
-            self._client.head_object(Bucket=self.bucket, Key=source)
-        except ClientError as exc:
-            if self._is_missing(exc):
-                return False
-            raise self._translate(exc, "checking", key) from None
-        except _BOTO_ERRORS as exc:
-            raise self._translate(exc, "checking", key) from None
+        if not self.exists(key):
+            return False
         # S3 has no rename: copy (metadata kept, multipart for large objects), then delete.
         with self._errors("quarantining", key):
             self._client.copy({"Bucket": self.bucket, "Key": source}, self.bucket, target, Config=self._transfer)

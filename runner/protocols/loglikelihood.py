@@ -99,7 +99,7 @@ def choice_logprobs(state: Answering, batch: Sequence[Any]) -> tuple[list[list[f
 def answer(state: Answering, batch: list) -> list[dict]:
     import torch
 
-    from runner.generate import prompt_hash
+    from runner.generate import query_columns
     from runner.memory import peak_memory_bytes, reset_peak_memory
 
     reset_peak_memory(state.device)
@@ -113,22 +113,13 @@ def answer(state: Answering, batch: list) -> list[dict]:
     peak = peak_memory_bytes(state.device)
     rows = []
     for query, sums, counts in zip(batch, logprobs, tokens):
-        example, choices = query.example, choices_of(query.example)
+        choices = choices_of(query.example)
         best = max(range(len(sums)), key=lambda i: (sums[i], -i))  # ties go to the first choice, as argmax does
         rows.append(
             {
-                "id": example.id,
-                "dataset": example.dataset,
-                "format": example.format,
-                "prompt": query.prompt.text,
-                "prompt_sha256": prompt_hash(query.prompt.text),
-                "shot_ids": list(query.prompt.shot_ids),
-                "n_shots": len(query.prompt.shot_ids),
+                **query_columns(query),
                 "prediction": choices[best],
                 "raw_output": "",
-                "references": list(example.answers),
-                "options": [text for _, text in example.options],
-                "prompt_tokens": len(query.input_ids),
                 "output_tokens": 0,
                 "stopped": True,
                 "batch_size": len(batch),
