@@ -3,7 +3,8 @@
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
 python := ".venv/bin/python"
-export HF_HUB_OFFLINE := env_var_or_default("HF_HUB_OFFLINE", "1")
+# HF_HUB_OFFLINE is the caller's own: `run`, `grid` and `plan` reach the hub for hub models unless it
+# is set. The tests and the demos (packaged models only) set it to 1 themselves.
 export TOKENIZERS_PARALLELISM := "false"
 
 # list recipes
@@ -22,7 +23,7 @@ setup:
 # CPU demo: Gemma 3 270M zero-shot, 3-shot, LoRA, prompt lookup and a SmolLM2 cross-tokenizer draft, then the report
 demo storage="runs" out="reports/demo":
     {{python}} -m runner validate manifests/demo
-    {{python}} -m runner run manifests/demo/*.yaml --storage {{storage}}
+    HF_HUB_OFFLINE=1 {{python}} -m runner run manifests/demo/*.yaml --storage {{storage}}
     {{python}} -m analysis report {{storage}} --out {{out}}
     @echo "report: {{out}}/report.md (table: {{out}}/results.csv)"
     @cat {{out}}/report.md
@@ -30,18 +31,18 @@ demo storage="runs" out="reports/demo":
 # every method in manifests/examples/ on Gemma 3 270M (CPU, same data, steps, seed; ~45 min)
 demo-methods storage="runs/demo-methods" out="reports/demo-methods":
     {{python}} -m runner validate manifests/examples
-    {{python}} -m runner run manifests/examples/*.yaml --storage {{storage}}
+    HF_HUB_OFFLINE=1 {{python}} -m runner run manifests/examples/*.yaml --storage {{storage}}
     {{python}} -m analysis report {{storage}} --out {{out}}
     @echo "report: {{out}}/report.md (table: {{out}}/results.csv)"
     @cat {{out}}/report.md
 
 # the test suite (CPU, a few minutes)
 test *args: setup
-    {{python}} -m pytest -q {{args}}
+    HF_HUB_OFFLINE=1 {{python}} -m pytest -q {{args}}
 
 # property-based tests of every input boundary with a large budget (3,000 examples a property, ~5 min; QABENCH_FUZZ_EXAMPLES=N to change)
 fuzz *args:
-    QABENCH_FUZZ=fuzz {{python}} -m pytest -q -p no:cacheprovider tests/test_fuzz.py --hypothesis-show-statistics {{args}}
+    HF_HUB_OFFLINE=1 QABENCH_FUZZ=fuzz {{python}} -m pytest -q -p no:cacheprovider tests/test_fuzz.py --hypothesis-show-statistics {{args}}
 
 # check manifests: every problem as FILE:LINE: field: message
 validate *paths="manifests":
@@ -61,6 +62,7 @@ report source="runs" out="reports/latest":
 
 # Image: QABENCH_IMAGE, default qabench:<git short sha>. Flags other than --local go to `runner run`,
 # e.g. `just grid manifests/seed-study --storage s3://bucket/runs`. Failures are listed at the end.
+# The container gets this shell's AWS_*, HF_* and QABENCH_* settings and ~/.aws (docker/run-args.sh).
 # every manifest of a folder (default manifests/grid) in the plan's order, via docker run or --local; finished stages skipped
 [positional-arguments]
 grid *args:
@@ -75,11 +77,12 @@ grid *args:
     else
       case "$(realpath "$folder")/" in "$(realpath manifests)"/*) ;; *) echo "$folder: the container sees manifests/ and data/ only; move it under manifests/ or use --local" >&2; exit 2 ;; esac
       image="${QABENCH_IMAGE:-qabench:$(git rev-parse --short HEAD)}"
-      mkdir -p runs
+      # Credentials as `-e NAME` (docker copies the value; none is on the command line), ~/.aws, storage.
+      mapfile -d '' -t settings < <(docker/run-args.sh)
+      wait $!  # its exit status (a named file that does not exist: 2); set -e stops here
       # The checkout's manifests and data replace the image's copies, so an edit needs no rebuild.
-      runner=(docker run --rm --gpus all -v "$PWD/manifests:/app/manifests:ro" -v "$PWD/data:/app/data:ro"
-              -v "$PWD/runs:/work/runs" -v qabench-cache:/cache -e HF_TOKEN -e AWS_ACCESS_KEY_ID
-              -e AWS_SECRET_ACCESS_KEY -e AWS_SESSION_TOKEN -e AWS_ENDPOINT_URL -e AWS_REGION "$image")
+      checkout=(-v "$PWD/manifests:/app/manifests:ro" -v "$PWD/data:/app/data:ro")
+      runner=(docker run --rm --gpus all "${checkout[@]}" -v qabench-cache:/cache "${settings[@]}" "$image")
     fi
     # Every manifest is checked before the first run starts: a typo in the last one must not wait hours.
     # The run order is the plan's schedule: each distinct training's first user first, then the
@@ -88,7 +91,7 @@ grid *args:
       "${runner[@]}" validate "$folder"
       mapfile -t manifests < <("${runner[@]}" plan "$folder" --schedule)
     else
-      inspect=(docker run --rm --entrypoint python -v "$PWD/manifests:/app/manifests:ro" -v "$PWD/data:/app/data:ro" "$image" -m runner)
+      inspect=(docker run --rm --entrypoint python "${checkout[@]}" "${settings[@]}" "$image" -m runner)
       "${inspect[@]}" validate "$folder"
       mapfile -t manifests < <("${inspect[@]}" plan "$folder" --schedule)
     fi

@@ -89,6 +89,8 @@ class EvalSet:
     max_examples: int | None
     data_sha256: tuple[tuple[str, str], ...]
     """(file, sha256) of each evaluated data file recorded in provenance.json; () if none."""
+    sample: str | None = None
+    """How a capped eval set was chosen: `first`, `random seed N`; None when every example was evaluated."""
 
     def difference(self, other: EvalSet) -> str | None:
         """What makes two eval sets differ, in manifest terms; None when they are the same."""
@@ -98,6 +100,8 @@ class EvalSet:
             return f"data.eval_split {self.split} vs {other.split}"
         if self.max_examples != other.max_examples:
             return f"data.max_eval_examples {self.max_examples} vs {other.max_examples}"
+        if self.sample != other.sample:
+            return f"data.eval_sample {self.sample} vs {other.sample}"
         return self.data_conflict(other)
 
     def data_conflict(self, other: EvalSet) -> str | None:
@@ -259,7 +263,15 @@ def _eval_set(manifest: dict[str, Any], provenance: dict[str, Any]) -> EvalSet:
     datasets = tuple(sorted(data["datasets"]))
     recorded = provenance.get("data") or {}
     wanted = {f"{d}/{split}.tsv" for d in datasets}
-    return EvalSet(datasets, split, data.get("max_eval_examples"), tuple(sorted((k, v) for k, v in recorded.items() if k in wanted)))
+    cap = data.get("max_eval_examples")
+    return EvalSet(datasets, split, cap, tuple(sorted((k, v) for k, v in recorded.items() if k in wanted)), _sample_label(data) if cap else None)
+
+
+def _sample_label(data: dict[str, Any]) -> str:
+    """How a capped eval set was drawn; runs stored before `data.eval_sample` existed took the first N."""
+    if data.get("eval_sample", "first") == "first":
+        return "first"
+    return f"random seed {data.get('eval_sample_seed', 0)}"
 
 
 @dataclass

@@ -5,6 +5,8 @@ from the same bytes.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,10 +35,36 @@ class DataRead:
     eval_hashes: dict[str, str]
     train: tuple[Example, ...]
     evaluate: tuple[Example, ...]
+    eval_sample: dict[str, Any]
+    """How the evaluated examples were chosen and which, for provenance.json: `max_per_dataset`,
+    `sample` (`random`/`first`, None without a cap), `seed` (None unless random) and per dataset
+    folder the examples `available` and the `ids` evaluated, in evaluation order."""
 
 
-def _read_split(loaded: LoadedManifest, files: list[Path], split: str, limit: int | None) -> tuple[dict[str, str], list[Example]]:
-    hashes, examples, problems = {}, [], []
+def sample_examples(examples: Sequence[Example], limit: int | None, sample: str, seed: int, dataset: str) -> list[Example]:
+    """At most `limit` of one dataset file's examples: the first ones, or a seeded sample in file order."""
+    if limit is None or len(examples) <= limit:
+        return list(examples)
+    if sample == "first":
+        return list(examples[:limit])
+    # Ranked by sha256 of (seed, dataset folder, id), not by a PRNG stream: the same sample on
+    # every machine and Python version, each dataset's independent of the others, and the sample
+    # of N is contained in the sample of N + 1 (raising the cap only adds examples).
+    def rank(position: int) -> bytes:
+        return hashlib.sha256(f"{seed}\0{dataset}\0{examples[position].id}".encode()).digest()
+
+    chosen = sorted(range(len(examples)), key=rank)[:limit]
+    # In file order, as `first` gives them: the order examples are answered and sharded in
+    # (eval.shard_size per shard) depends only on which were chosen, never on the ranking.
+    return [examples[position] for position in sorted(chosen)]
+
+
+def _read_split(
+    loaded: LoadedManifest, files: list[Path], split: str, limit: int | None, sample: str = "first", seed: int = 0
+) -> tuple[dict[str, str], list[Example], dict[str, dict[str, Any]]]:
+    """Hashes and chosen examples of one split's files, and per dataset folder the examples
+    available and the ids chosen."""
+    hashes, examples, chosen, problems = {}, [], {}, []
     for file in files:
         try:
             read = read_split(file, file.parent.name, split, loaded.manifest.data.format)
@@ -45,10 +73,13 @@ def _read_split(loaded: LoadedManifest, files: list[Path], split: str, limit: in
             continue
         hashes.update({loaded.relative_data_name(path): sha for path, sha in read.sha256.items()})
         problems += read.problems  # every broken file is reported, not just the first
-        examples += read.examples if limit is None else read.examples[:limit]
+        dataset = file.parent.name
+        picked = sample_examples(read.examples, limit, sample, seed, dataset)
+        chosen[dataset] = {"available": len(read.examples), "ids": [example.id for example in picked]}
+        examples += picked
     if problems:
         raise DataError(problems)
-    return hashes, examples
+    return hashes, examples, chosen
 
 
 def read_data(loaded: LoadedManifest) -> DataRead:
@@ -57,9 +88,20 @@ def read_data(loaded: LoadedManifest) -> DataRead:
     if missing:
         raise DataError(f"{len(missing)} data file(s) not fetched yet, e.g. {missing[0]}; run `{fetch_command(missing)}`")
     data = loaded.manifest.data
-    train_hashes, train = _read_split(loaded, loaded.train_files(), data.train_split, data.max_train_examples)
-    eval_hashes, evaluate = _read_split(loaded, loaded.eval_files(), data.eval_split, data.max_eval_examples)
-    return DataRead(train_hashes, eval_hashes, tuple(train), tuple(evaluate))
+    # Training keeps the first max_train_examples: a sample would change the identity of every
+    # stored training that caps its data.
+    train_hashes, train, _ = _read_split(loaded, loaded.train_files(), data.train_split, data.max_train_examples)
+    eval_hashes, evaluate, chosen = _read_split(
+        loaded, loaded.eval_files(), data.eval_split, data.max_eval_examples, data.eval_sample, data.eval_sample_seed
+    )
+    capped = data.max_eval_examples is not None
+    sample = {
+        "max_per_dataset": data.max_eval_examples,
+        "sample": data.eval_sample if capped else None,
+        "seed": data.eval_sample_seed if capped and data.eval_sample == "random" else None,
+        "datasets": chosen,
+    }
+    return DataRead(train_hashes, eval_hashes, tuple(train), tuple(evaluate), sample)
 
 
 @dataclass(frozen=True)

@@ -43,10 +43,11 @@ def record_start(context: RunContext) -> None:
 
 
 def record_provenance(context: RunContext, device: str) -> None:
-    """provenance.json: code, packages, device, model, data and the stages used."""
+    """provenance.json: code, packages, device, model, data (with the evaluated ids) and the stages used."""
     from runner import provenance
 
     record = provenance.collect(device, context.model.as_dict(), {**context.data.train_hashes, **context.data.eval_hashes}, context.keys.digest)
+    record["eval_sample"] = context.data.eval_sample
     record["training"] = context.training.keys.digest if context.training else None
     if context.draft is not None:
         record["draft"] = context.draft.fingerprint

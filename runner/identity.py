@@ -59,6 +59,9 @@ def evaluation_request(manifest: Manifest) -> dict[str, Any]:
     content = resolved_dict(manifest)
     data = content["data"]
     selection = ["format", "datasets", "eval_split", "max_eval_examples"]
+    if manifest.data.max_eval_examples is not None and manifest.data.eval_sample == "random":
+        # Only where they choose the examples: `first`, or no cap, keeps the digests it always had.
+        selection += ["eval_sample", "eval_sample_seed"]
     if manifest.icl.shots:
         selection += ["train_split", "max_train_examples"]
     return {

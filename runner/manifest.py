@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Discriminator, Field, Tag, ValidationError, field_validator, model_validator
+from pydantic import Discriminator, Field, Tag, ValidationError, ValidationInfo, field_validator, model_validator
 
 from runner.decoding import DECODINGS
 from runner.errors import ManifestError, Problem
@@ -47,7 +47,14 @@ class DataSpec(Spec):
     max_train_examples: int | None = Field(None, ge=1, le=EXAMPLES_MAX)
     """Use only the first N training examples of each dataset."""
     max_eval_examples: int | None = Field(None, ge=1, le=EXAMPLES_MAX)
-    """Score only the first N evaluation examples of each dataset."""
+    """Score at most N evaluation examples of each dataset, chosen by `eval_sample`."""
+    eval_sample: Literal["random", "first"] = "random"
+    """How `max_eval_examples` chooses a dataset's examples: `random`, a sample seeded by
+    `eval_sample_seed` and the dataset's name, kept in file order; `first`, the first N of the
+    file (UnifiedQA dev files are not shuffled, so these are not representative). The evaluated
+    ids are listed in the evaluation's provenance.json (`eval_sample`)."""
+    eval_sample_seed: Seed = 0
+    """Seeds the `random` sample: the same seed picks the same examples on every machine."""
 
     @field_validator("format")
     @classmethod
@@ -72,6 +79,16 @@ class DataSpec(Spec):
         # dataset's training data as this one's evaluation split.
         if not SAFE_NAME.match(value):
             raise ValueError("must be a plain file name (1-128 letters, digits, '.', '_' or '-', starting with a letter or digit), not a path")
+        return value
+
+    @field_validator("eval_sample_seed")
+    @classmethod
+    def _seed_for_a_random_sample(cls, value: int, info: ValidationInfo) -> int:
+        # Runs only for a value written in the manifest; 0 is the default a resolved manifest holds.
+        # A field that failed its own check is absent from info.data and reported once, there.
+        first = info.data.get("eval_sample", "random") == "first"
+        if value and (first or ("max_eval_examples" in info.data and info.data["max_eval_examples"] is None)):
+            raise ValueError("seeds only a random sample: set max_eval_examples and eval_sample: random, or remove it")
         return value
 
     @model_validator(mode="after")
@@ -100,6 +117,10 @@ class TrainSpec(Spec):
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about 30% slower."""
     optimizer: Literal["adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "sgd"] = "adamw_torch"
+    """`adamw_torch` (AdamW; `adamw_torch_fused`: in one fused kernel), `adamw_8bit` (bitsandbytes'
+    AdamW with 8-bit moments: 2 bytes of state per trained weight instead of 8), `paged_adamw_8bit`
+    (the same, its state paged to host memory when the GPU runs short; on CPU, where there is
+    nothing to page, it runs as adamw_8bit and metrics.json `train.optimizer` says so), `sgd`."""
     weight_decay: float = Field(0.0, ge=0, le=1)
     max_grad_norm: float = Field(1.0, gt=0, le=1e6)
     seed: Seed = 0

@@ -213,16 +213,62 @@ def _gguf_sha256(name: str) -> tuple[Path, str]:
     return gguf, file_sha256(gguf)
 
 
-def _hub_error(hub_id: str, revision: str | None, exc: Exception) -> Exception:
-    from huggingface_hub import errors
+HUB_PAGE = "https://huggingface.co"
+"""Where a hub model's page (its licence, its access request) is, whatever HF_ENDPOINT points at."""
 
-    if isinstance(exc, errors.RevisionNotFoundError):
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """`exc` and everything it was raised from or during: transformers wraps the hub's error in an OSError."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _hub_error(hub_id: str, revision: str | None, exc: BaseException, doing: str = "resolve the revision of") -> UserError | InfraError:
+    """What a failed hub request means: exit 2 when retrying cannot help (gated, missing, offline), else exit 3.
+
+    `exc` may be the hub client's own error or transformers' OSError around it; its cause chain is
+    searched, since the OSError's text alone does not say which it was.
+    """
+    from huggingface_hub import constants, errors
+
+    chain = _causes(exc)
+
+    def found(kind: type[BaseException]) -> BaseException | None:
+        return next((e for e in chain if isinstance(e, kind)), None)
+
+    status = next((e.response.status_code for e in chain if isinstance(e, errors.HfHubHTTPError) and e.response is not None), None)
+    # Checked before RepositoryNotFoundError, its base class: the hub answers 401/403 with
+    # X-Error-Code: GatedRepo for a gated model whose licence this token has not accepted.
+    if found(errors.GatedRepoError):
+        return UserError(
+            f"{hub_id} is gated: accept its licence at {HUB_PAGE}/{hub_id} with your hub account, then set HF_TOKEN to a "
+            f"read token of that account{'' if os.environ.get('HF_TOKEN') else ' (HF_TOKEN is not set)'}"
+        )
+    if found(errors.RevisionNotFoundError):
         return UserError(f"model revision {revision!r} does not exist in {hub_id} (a branch, tag or 40-hex commit of the repository)")
-    if isinstance(exc, errors.GatedRepoError):
-        return UserError(f"{hub_id} is gated: accept its licence on the hub and set HF_TOKEN to a token of that account")
-    if isinstance(exc, errors.RepositoryNotFoundError):
-        return UserError(f"{hub_id}: no such model on the hub, or it is private and HF_TOKEN is missing")
-    return InfraError(f"cannot resolve the revision of {hub_id} on the hub: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+    if found(errors.RepositoryNotFoundError):
+        return UserError(f"{hub_id}: no such model on the hub, or it is private and HF_TOKEN is missing or has no access ({HUB_PAGE}/{hub_id})")
+    if status in (401, 403):
+        # A token the hub refuses (revoked, mistyped, a fine-grained one without this repository).
+        return UserError(f"the hub refused HF_TOKEN for {hub_id} (HTTP {status}): check the token and its access to {HUB_PAGE}/{hub_id}")
+    if constants.HF_HUB_OFFLINE and (found(errors.OfflineModeIsEnabled) or found(errors.LocalEntryNotFoundError)):
+        return _offline_error(hub_id, revision)
+    return InfraError(f"cannot {doing} {hub_id} on the hub ({constants.ENDPOINT}): {_one_line(chain[-1])}")
+
+
+def _offline_error(hub_id: str, revision: str | None) -> UserError:
+    """HF_HUB_OFFLINE is set and the cache lacks the model: a retry finds the same empty cache."""
+    from huggingface_hub import constants
+
+    at = f" at {revision}" if revision else ""
+    return UserError(
+        f"{hub_id}{at} is not in the local hub cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set: "
+        f"unset HF_HUB_OFFLINE to download it, or download it first (hf download {hub_id})"
+    )
 
 
 @functools.lru_cache(maxsize=64)
@@ -247,7 +293,9 @@ def resolve_revision(hub_id: str, revision: str | None) -> str:
     ref = Path(constants.HF_HUB_CACHE) / f"models--{hub_id.replace('/', '--')}" / "refs" / wanted
     if ref.is_file():
         return ref.read_text().strip()
-    raise InfraError(f"cannot resolve revision {wanted!r} of {hub_id}: the hub is offline (HF_HUB_OFFLINE) and the local cache does not hold it")
+    if not constants.HF_HUB_OFFLINE:
+        raise InfraError(f"the hub named no commit for revision {wanted!r} of {hub_id} and the local cache does not hold it")
+    raise _offline_error(hub_id, wanted)
 
 
 def identify_model(spec: ModelSpec, base_dir: Path) -> ModelIdentity:
@@ -316,7 +364,7 @@ def load_pretrained(spec: ModelSpec, base_dir: Path, extra_kwargs: Callable[[str
         )
     except OSError as exc:
         if spec.hub is not None:
-            raise InfraError(f"cannot load {spec.hub!r} from the hub: {str(exc).splitlines()[0]}") from None
+            raise _hub_error(spec.hub, kwargs.get("revision"), exc, "download") from None
         raise UserError(f"cannot load model {name}: {str(exc).splitlines()[0]}") from None
     except broken_file_errors() as exc:
         # A broken config or weight file fails the same way on every retry: the input is wrong.
@@ -339,7 +387,7 @@ def load_model_tokenizer(spec: ModelSpec, base_dir: Path, located: tuple[str, di
         return load_tokenizer(name, spec.trust_remote_code, **kwargs)
     except OSError as exc:
         if spec.hub is not None:
-            raise InfraError(f"cannot load the tokenizer of {spec.hub!r} from the hub: {str(exc).splitlines()[0]}") from None
+            raise _hub_error(spec.hub, kwargs.get("revision"), exc, "download the tokenizer of") from None
         raise UserError(f"cannot load the tokenizer of {name}: {str(exc).splitlines()[0]}") from None
     except broken_file_errors() as exc:
         raise UserError(f"cannot load the tokenizer of {name}: {_one_line(exc)}") from None

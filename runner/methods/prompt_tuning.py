@@ -51,14 +51,29 @@ def _generation_inputs(peft_model: Any):
     never sees the cache and prepends the virtual tokens again at every decoding step. It also drops
     position ids, so left padding would shift the real tokens away from the virtual ones; here real
     tokens keep the positions they had in training (after the virtual ones, not counting padding).
+
+    Callers that count the cache as real tokens are corrected here. A prompt-tuned speculative
+    draft is the case: transformers crops the draft's cache to `len(input_ids) - 2` entries between
+    rounds, virtual ones included, so V real tokens are dropped, and then feeds only
+    `len(input_ids) - cache length` tokens; the draft would propose from a context missing V tokens.
+    The tokens fed are always those not yet in the cache: len(input_ids) − (cache length − V).
     """
     import torch
 
     base_prepare = peft_model.base_model_prepare_inputs_for_generation
 
-    def prepare(*args, **kwargs):
-        inputs = base_prepare(*args, **kwargs)
+    def prepare(input_ids, *args, **kwargs):
         virtual = peft_model.active_peft_config.num_virtual_tokens
+        cache = kwargs.get("cache")
+        cached = cache.get_seq_length() if cache is not None else 0
+        if cached and kwargs.get("next_sequence_length") is not None:
+            if cached < virtual:
+                # Cropped into the virtual tokens (a prompt shorter than V + 2): start again from them.
+                cache.crop(-cached)
+                kwargs["next_sequence_length"] = None
+            else:
+                kwargs["next_sequence_length"] = input_ids.shape[1] - (cached - virtual)
+        inputs = base_prepare(input_ids, *args, **kwargs)
         ids, mask, positions = inputs["input_ids"], inputs.get("attention_mask"), inputs.get("position_ids")
         if mask is not None:
             inputs["attention_mask"] = torch.cat((mask.new_ones(mask.shape[0], virtual), mask), dim=1)

@@ -1,0 +1,143 @@
+"""`data.max_eval_examples` evaluates a seeded random sample of each dataset (or, asked for, its first
+N examples); the sample is part of the evaluation's identity and its ids are in provenance.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import SYNTHETIC, stage_folders, write_manifest
+from runner.cli import main
+from runner.context import read_data, sample_examples
+from runner.data import Example
+from runner.identity import evaluation_request
+from runner.manifest import load_manifest
+
+
+def _examples(dataset: str, count: int) -> list[Example]:
+    return [Example(f"{dataset}/dev/{n}", dataset, "dev", "yes_no", "q", "q", (), "", ("yes",), n + 1) for n in range(count)]
+
+
+def _positions(examples: list[Example]) -> list[int]:
+    return [int(example.id.rsplit("/", 1)[1]) for example in examples]
+
+
+def test_random_sample_is_a_fixed_function_of_seed_dataset_and_ids():
+    # Golden: sha256 ranking, so these positions hold on every machine and Python version. If this
+    # changes, stored evaluation digests would name different examples than they were run on.
+    boolq = _examples("boolq", 20)
+    assert _positions(sample_examples(boolq, 5, "random", 0, "boolq")) == [5, 8, 12, 15, 17]
+    assert _positions(sample_examples(boolq, 5, "random", 1, "boolq")) == [0, 4, 12, 17, 19]
+    # The dataset's name is in the seed: another dataset with the same ids gets another sample.
+    assert _positions(sample_examples(boolq, 5, "random", 0, "squad1_1")) == [2, 4, 10, 12, 16]
+
+
+def test_same_seed_same_sample_and_different_seed_different_sample():
+    examples = _examples("boolq", 200)
+    first = sample_examples(examples, 25, "random", 7, "boolq")
+    assert first == sample_examples(list(examples), 25, "random", 7, "boolq")
+    assert {e.id for e in first} != {e.id for e in sample_examples(examples, 25, "random", 8, "boolq")}
+
+
+def test_sample_is_in_file_order_and_grows_by_adding_examples():
+    examples = _examples("boolq", 200)
+    small, large = sample_examples(examples, 25, "random", 0, "boolq"), sample_examples(examples, 50, "random", 0, "boolq")
+    assert _positions(small) == sorted(_positions(small))
+    assert set(_positions(small)) < set(_positions(large))
+    assert _positions(small) != list(range(25)), "not the first N"
+
+
+def test_first_keeps_the_first_n_and_a_cap_above_the_size_takes_everything():
+    examples = _examples("boolq", 10)
+    assert sample_examples(examples, 4, "first", 0, "boolq") == examples[:4]
+    for sample in ("random", "first"):
+        assert sample_examples(examples, 10, sample, 0, "boolq") == examples
+        assert sample_examples(examples, 50, sample, 0, "boolq") == examples
+        assert sample_examples(examples, None, sample, 0, "boolq") == examples
+
+
+def _manifest(folder: Path, name: str, small_data: Path, tiny_models, **data) -> Path:
+    return write_manifest(
+        folder,
+        name,
+        model={"path": str(tiny_models["llama"])},
+        data={"root": str(small_data), "datasets": SYNTHETIC, **data},
+        method={"kind": "none"},
+        decoding={"kind": "greedy", "max_new_tokens": 4, "batch_size": 4},
+    )
+
+
+def test_each_dataset_contributes_n_examples_chosen_by_the_sample(tmp_path, small_data, tiny_models):
+    def ids(name: str, **data) -> list[str]:
+        return [e.id for e in read_data(load_manifest(_manifest(tmp_path, name, small_data, tiny_models, **data))).evaluate]
+
+    # small_data: 6 dev examples per dataset.
+    first = ids("first", max_eval_examples=3, eval_sample="first")
+    assert first == [f"{d}/dev/{n}" for d in SYNTHETIC for n in range(3)], "first: today's behaviour"
+    seeded = ids("seed0", max_eval_examples=3)
+    assert seeded == ids("seed0-again", max_eval_examples=3, eval_sample="random", eval_sample_seed=0)
+    assert seeded != ids("seed1", max_eval_examples=3, eval_sample_seed=1)
+    for chosen in (first, seeded):
+        assert [i.split("/")[0] for i in chosen] == [d for d in SYNTHETIC for _ in range(3)]
+    assert len(ids("all", max_eval_examples=10)) == 24, "fewer than N: every example"
+
+    read = read_data(load_manifest(tmp_path / "seed1.yaml"))
+    assert read.eval_sample["max_per_dataset"] == 3 and read.eval_sample["sample"] == "random" and read.eval_sample["seed"] == 1
+    assert {d: v["available"] for d, v in read.eval_sample["datasets"].items()} == dict.fromkeys(SYNTHETIC, 6)
+    assert [i for d in SYNTHETIC for i in read.eval_sample["datasets"][d]["ids"]] == [e.id for e in read.evaluate]
+
+
+def test_the_sample_enters_the_evaluation_identity_only_where_it_chooses(tmp_path, small_data, tiny_models):
+    def selection(name: str, **data) -> dict:
+        return evaluation_request(load_manifest(_manifest(tmp_path, name, small_data, tiny_models, **data)).manifest)["data"]
+
+    assert selection("a", max_eval_examples=3) != selection("b", max_eval_examples=3, eval_sample_seed=1)
+    assert selection("a", max_eval_examples=3) != selection("c", max_eval_examples=3, eval_sample="first")
+    # No cap, or the first N: the selection (and so the digest) the manifest had before samples existed.
+    assert "eval_sample" not in selection("d", eval_sample="first", max_eval_examples=3)
+    assert "eval_sample" not in selection("e") and selection("e") == selection("f", eval_sample="first")
+
+
+def test_evaluated_ids_are_recorded_in_provenance(tmp_path, small_data, tiny_models):
+    manifest = _manifest(tmp_path / "manifests", "sampled", small_data, tiny_models, max_eval_examples=2, eval_sample_seed=5)
+    assert main(["run", str(manifest), "--storage", str(tmp_path / "runs")]) == 0
+    evaluation, _ = stage_folders(manifest, tmp_path / "runs")
+    recorded = json.loads((evaluation / "provenance.json").read_text())["eval_sample"]
+    shards = sorted((evaluation / "predictions").glob("*.parquet"))
+    answered = [row["id"] for shard in shards for row in pq.read_table(shard).to_pylist()]
+    assert (recorded["max_per_dataset"], recorded["sample"], recorded["seed"]) == (2, "random", 5)
+    assert sorted(i for d in recorded["datasets"].values() for i in d["ids"]) == sorted(answered)
+    assert all(len(d["ids"]) == 2 and d["available"] == 6 for d in recorded["datasets"].values())
+
+
+@pytest.mark.parametrize(
+    ("lines", "field", "message"),
+    [
+        (["  max_eval_examples: 3", "  eval_sample: randm"], "data.eval_sample", "'random' or 'first'"),
+        (["  max_eval_examples: 3", "  eval_sample: first", "  eval_sample_seed: 2"], "data.eval_sample_seed", "seeds only a random sample"),
+        (["  eval_sample_seed: 2"], "data.eval_sample_seed", "seeds only a random sample"),
+        (["  max_eval_examples: 3", "  eval_sample_seed: -1"], "data.eval_sample_seed", "greater than or equal to 0"),
+    ],
+    ids=["unknown-sample", "seed-with-first", "seed-without-cap", "negative-seed"],
+)
+def test_a_bad_sample_setting_is_rejected_at_its_line(lines, field, message, tmp_path, small_data, tiny_models, capsys):
+    text = [
+        "name: bad-sample",
+        "model:",
+        f"  path: {tiny_models['llama']}",
+        "method: {kind: none}",
+        "data:",
+        f"  root: {small_data}",
+        f"  datasets: [{', '.join(SYNTHETIC)}]",
+        *lines,
+    ]
+    path = tmp_path / "bad-sample.yaml"
+    path.write_text("\n".join(text) + "\n")
+    capsys.readouterr()
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert any(line.startswith(f"{path}:{len(text)}: {field}: ") and message in line for line in err.splitlines()), err
+    assert "Traceback" not in err
