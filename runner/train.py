@@ -23,6 +23,7 @@ from runner.data import Example
 from runner.icl import PromptFormat
 from runner.manifest import TrainSpec
 from runner.memory import peak_memory_bytes, reset_peak_memory
+from runner.train_memory import CHECKPOINT_MICRO_BATCH, MicroBatches, StillOutOfMemory, out_of_memory_error
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,15 @@ class TrainResult:
     peak_memory_bytes: int
     """Peak during training (held-out evaluations included): GPU memory allocated on CUDA, the
     process's resident set on CPU (model weights included)."""
+    optimizer: str
+    """The optimizer that ran: `train.optimizer`, or the equivalent that stood in for it on this
+    device (paged_adamw_8bit → adamw_8bit on CPU, where bitsandbytes has no paged memory)."""
+    micro_batch: int
+    """Rows per forward/backward pass when training ended: `train.batch_size` unless running out of
+    GPU memory halved it (the effective batch is unchanged either way)."""
+    oom_backoffs: tuple[dict[str, int], ...]
+    """Each out-of-memory back-off of the training, resumed attempts' included: `step` (the
+    optimizer step, as train_log.jsonl counts it) and the `micro_batch` it continued with."""
 
     @property
     def padding_fraction(self) -> float | None:
@@ -175,7 +185,7 @@ def _restore_log_accumulators(checkpoint: Path, trainer: Any):
     return RestoreSums()
 
 
-def _mark_checkpoints_complete(train_log: TrainLog, accumulators: Callable[[], dict[str, Any]]):
+def _mark_checkpoints_complete(train_log: TrainLog, accumulators: Callable[[], dict[str, Any]], micro_batches: MicroBatches):
     from transformers import TrainerCallback
 
     class MarkComplete(TrainerCallback):
@@ -185,7 +195,8 @@ def _mark_checkpoints_complete(train_log: TrainLog, accumulators: Callable[[], d
         cannot be resumed from, so only marked folders count. The log copy (and the sums towards
         the next record) go in before the marker: a resumed run restarts its log from it, so
         records a killed attempt wrote after this checkpoint never survive beside the resumed
-        run's own records of the same steps.
+        run's own records of the same steps. So does the micro-batch size: a resumed run splits
+        its batches as the uninterrupted one did after an out-of-memory back-off.
         """
 
         def on_save(self, args, state, control, **kwargs):
@@ -195,6 +206,7 @@ def _mark_checkpoints_complete(train_log: TrainLog, accumulators: Callable[[], d
             if folder.is_dir():
                 write_atomic(folder / CHECKPOINT_LOG, train_log.snapshot())
                 write_atomic(folder / CHECKPOINT_LOG_STATE, json.dumps(accumulators()).encode())
+                write_atomic(folder / CHECKPOINT_MICRO_BATCH, json.dumps(micro_batches.state()).encode())
                 (folder / CHECKPOINT_COMPLETE).write_text(str(state.global_step))
 
     return MarkComplete()
@@ -391,8 +403,13 @@ def train(
     extra_callbacks: Callable[[int], list],
     device: str,
     use_bf16: bool,
+    source: Path | None = None,
 ) -> TrainResult:
-    """Fine-tune `model` in place on prompt→answer pairs, resuming from the newest checkpoint."""
+    """Fine-tune `model` in place on prompt→answer pairs, resuming from the newest checkpoint.
+
+    `use_bf16`: autocast to bfloat16 (weights stay in their own dtype); `source`: the manifest
+    file, named in the advice when training does not fit the device.
+    """
     import torch
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback
@@ -403,6 +420,7 @@ def train(
     dataset = Dataset.from_dict(tokenize_for_training(train_examples, fmt, spec.max_seq_length))
     eval_dataset = Dataset.from_dict(tokenize_for_training(heldout, fmt, spec.max_seq_length)) if heldout else None
     steps = planned_steps(spec, len(examples))
+    optimizer = optimizer_on(spec.optimizer, device)
     config = SFTConfig(
         output_dir=str(checkpoint_dir),
         max_steps=spec.max_steps,
@@ -415,7 +433,7 @@ def train(
         warmup_steps=spec.warmup_steps,
         weight_decay=spec.weight_decay,
         max_grad_norm=spec.max_grad_norm,
-        optim=OPTIMIZERS[spec.optimizer],
+        optim=OPTIMIZERS[optimizer],
         seed=spec.seed,
         data_seed=spec.seed,
         activation_checkpointing=spec.gradient_checkpointing,
@@ -439,12 +457,20 @@ def train(
     )
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
+    micro_batches = MicroBatches(spec.batch_size, can_split=distributed.world_size() == 1)
+
     class Trainer(SFTTrainer):
         def _get_train_sampler(self, train_dataset=None):
             sampler = super()._get_train_sampler(train_dataset)
             if isinstance(sampler, LengthGroupedSampler):
                 return _epoch_seeded_sampler(sampler, spec.seed, lambda: self.state.epoch)
             return sampler
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            def forward_backward(model, chunk):
+                return super(Trainer, self).training_step(model, chunk, num_items_in_batch)
+
+            return micro_batches.training_step(self, model, inputs, num_items_in_batch, forward_backward)
 
     train_log = TrainLog(log_path)
     trainer = Trainer(
@@ -456,7 +482,7 @@ def train(
         callbacks=[
             _progress_callback(steps, train_log),
             preemption.trainer_callback(),
-            _mark_checkpoints_complete(train_log, lambda: _log_accumulators(trainer)),
+            _mark_checkpoints_complete(train_log, lambda: _log_accumulators(trainer), micro_batches),
             *extra_callbacks(steps),
         ],
     )
@@ -477,17 +503,22 @@ def train(
     if resume is not None:
         log(f"resuming training from {resume.name}")
         trainer.add_callback(_restore_log_accumulators(resume, trainer))
+        micro_batches.restore(resume)
     logged = train_log.restore(resume) if distributed.is_main() else []
     reset_peak_memory(device)
     before = None
+    fits = _out_of_memory_is_fatal(spec, source)
     if eval_dataset is not None and resume is None:
         with _global_randomness_kept(device):
-            before = _heldout_loss(trainer)
+            before = fits(lambda: _heldout_loss(trainer), "out of memory in the held-out evaluation before training")
     elif eval_dataset is not None:
         # The held-out loss before training was logged at step 0 by the attempt that started it.
         before = next((r["eval_loss"] for r in logged if r.get("step") == 0 and "eval_loss" in r), None)
     started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    output = fits(
+        lambda: trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None),
+        lambda: f"out of memory at step {trainer.state.global_step + 1} (optimizer step or held-out evaluation)",
+    )
     seconds = time.perf_counter() - started
     if trainer.state.global_step < trainer.state.max_steps:
         # Stopped early on SIGTERM. Once the last step is done, finishing (a held-out evaluation
@@ -495,7 +526,7 @@ def train(
         preemption.stop_if_requested(f"checkpoint-{trainer.state.global_step}")
     # Counted before the final evaluation, whose batches go through the same collator.
     real, padded = distributed.total([counter.real, counter.padded])
-    after = _heldout_loss(trainer) if eval_dataset is not None else None
+    after = fits(lambda: _heldout_loss(trainer), "out of memory in the held-out evaluation after training") if eval_dataset is not None else None
     trainable, total = count_parameters(model)
     return TrainResult(
         steps=trainer.state.global_step,
@@ -512,6 +543,9 @@ def train(
         trainable_parameters=trainable,
         total_parameters=total,
         peak_memory_bytes=peak_memory_bytes(device),
+        optimizer=optimizer,
+        micro_batch=micro_batches.size,
+        oom_backoffs=tuple(micro_batches.backoffs),
     )
 
 
@@ -519,7 +553,30 @@ def _heldout_loss(trainer: Any) -> float:
     return float(trainer.evaluate()["eval_loss"])
 
 
+def _out_of_memory_is_fatal(spec: TrainSpec, source: Path | None) -> Callable[[Callable[[], Any], str | Callable[[], str]], Any]:
+    """`fits(work, what)`: work's result, or exit 2 with advice when it runs out of device memory.
+
+    Training steps back off on their own (runner/train_memory.py); what reaches here is a single
+    example that does not fit, an optimizer step (its state is allocated at the first one), a
+    held-out evaluation, or any out-of-memory error in data-parallel training.
+    """
+    import torch
+
+    def fits(work: Callable[[], Any], what: str | Callable[[], str]) -> Any:
+        try:
+            return work()
+        except StillOutOfMemory as exc:
+            message = str(exc)
+        except torch.OutOfMemoryError:
+            message = what() if callable(what) else what
+        # Raised outside the handler, so no traceback chain keeps the failed pass's tensors alive.
+        raise out_of_memory_error(message, source, spec, data_parallel=distributed.world_size() > 1)
+
+    return fits
+
+
 # Manifest optimizer names → transformers `optim` values (8-bit and paged variants via bitsandbytes).
+# Each runs a step on CPU as well (tests/test_training_memory.py); only paging needs CUDA.
 OPTIMIZERS = {
     "adamw_torch": "adamw_torch",
     "adamw_torch_fused": "adamw_torch_fused",
@@ -527,3 +584,16 @@ OPTIMIZERS = {
     "paged_adamw_8bit": "paged_adamw_8bit",
     "sgd": "sgd",
 }
+
+
+def optimizer_on(name: str, device: str) -> str:
+    """The manifest optimizer that runs on `device`: `name`, or its equivalent where it has no path there.
+
+    Paging moves optimizer state between GPU and host memory under pressure (CUDA unified memory);
+    on CPU there is nothing to page to, and bitsandbytes falls back to its plain 8-bit AdamW, the
+    same update. That fallback is made here, logged and recorded, instead of hidden in a warning.
+    """
+    if name == "paged_adamw_8bit" and device != "cuda":
+        log(f"train.optimizer: paged_adamw_8bit pages state out of GPU memory; on {device} adamw_8bit runs instead (the same update)")
+        return "adamw_8bit"
+    return name

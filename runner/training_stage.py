@@ -20,6 +20,7 @@ import yaml
 from runner import distributed
 from runner.console import log
 from runner.context import DraftSource, TrainingStage
+from runner.errors import UserError
 from runner.lease import Holder, Lease, expiry_seconds, try_acquire
 from runner.paths import TRAIN_LOG_FILE
 from runner.storage import Store
@@ -120,6 +121,8 @@ def _train(stage: TrainingStage, store: Store, lease: Lease | None) -> dict[str,
     context = MethodContext(total_steps=steps, model_type=base.model.config.model_type, tokenizer=base.tokenizer, device=base.device)
     # Adapter initialisation draws from torch's global generator; seeding it makes it repeatable.
     transformers.set_seed(manifest.train.seed)
+    # Read before `apply`: full fine-tuning turns bfloat16 weights into float32 master weights.
+    use_bf16 = autocast_bf16(base.model.dtype, base.device)
     model = method.apply(base.model, manifest.method, context)
     checkpoint_dir, log_path = store.local_dir(keys.checkpoints), store.local_dir(keys.prefix) / TRAIN_LOG_FILE
     if distributed.is_main():
@@ -139,7 +142,8 @@ def _train(stage: TrainingStage, store: Store, lease: Lease | None) -> dict[str,
         log_path=log_path,
         extra_callbacks=lambda steps: [*method.trainer_callbacks(model, manifest.method, steps), _lease_guard(lease), *trackers, publisher],
         device=base.device,
-        use_bf16=base.device == "cuda" and str(base.model.dtype) == "torch.bfloat16",
+        use_bf16=use_bf16,
+        source=stage.loaded.path,
     )
     summary = result.as_dict()
     if distributed.is_main():
@@ -155,6 +159,18 @@ def _train(stage: TrainingStage, store: Store, lease: Lease | None) -> dict[str,
     distributed.barrier()
     log(f"trained {result.steps} steps in {result.seconds:.0f}s, final loss {result.final_loss:.4f}")
     return summary
+
+
+def autocast_bf16(base_dtype: Any, device: str) -> bool:
+    """Whether training autocasts to bfloat16: on a GPU, for a base model loaded in bfloat16.
+
+    Float32 adapters (peft's, QLoRA's aside: trl casts those to bfloat16) and full fine-tuning's
+    float32 master weights then compute in bfloat16 and update in float32. On CPU nothing is
+    autocast: float32 throughout.
+    """
+    import torch
+
+    return device == "cuda" and base_dtype == torch.bfloat16
 
 
 def _sort_config_sets(model: Any) -> None:
@@ -203,8 +219,15 @@ def load_draft(source: DraftSource, store: Store):
         draft = load_trained(source.training, store)
         return replace(draft, model=draft.model.merge_and_unload()) if source.training.method.mergeable else draft
     if source.adapter is not None:
-        from peft import PeftModel
+        from peft import PeftConfig, PeftModel
 
+        if PeftConfig.from_pretrained(str(source.adapter)).is_prompt_learning:
+            # Virtual tokens live outside the weights, so there is nothing to merge, and a bare
+            # prompt-learning PeftModel loses them when assisted generation crops the draft's cache.
+            raise UserError(
+                f"decoding.draft.adapter {source.adapter}: a prompt-learning adapter cannot be merged into a draft; "
+                "name the manifest that trained it as decoding.draft.manifest instead"
+            )
         base = load_pretrained(source.model_spec, source.owner.base_dir)
         return replace(base, model=PeftModel.from_pretrained(base.model, str(source.adapter)).merge_and_unload().eval())
     return load_pretrained(source.model_spec, source.owner.base_dir)

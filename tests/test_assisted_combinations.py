@@ -120,3 +120,20 @@ def test_prompt_tuned_draft_keeps_its_virtual_tokens_when_the_prompt_is_shorter_
         assert len(query.input_ids) + 2 < spec.num_virtual_tokens
         assert drafted["raw_output"] == plain["raw_output"]
         assert drafted["draft_accepted_tokens"] == drafted["draft_proposed_tokens"] > 0, text
+
+
+def test_a_saved_prompt_tuning_adapter_as_a_draft_is_refused_with_the_manifest_route_named(tiny_manifest, tiny_models, tmp_path, capsys):
+    from peft import PromptTuningConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    adapter = tmp_path / "prompt-adapter"
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_models["llama"]))
+    get_peft_model(base, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)).save_pretrained(str(adapter))
+    decoding = {"kind": "speculative", "draft": {"path": str(tiny_models["llama"]), "adapter": str(adapter)}, "num_draft_tokens": 3, **COMMON}
+    manifest = tiny_manifest("prompt-draft", decoding=decoding)
+    assert main(["run", str(manifest), "--storage", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "prompt-learning adapter cannot be merged" in err and "decoding.draft.manifest" in err
+    assert "Traceback" not in err
+    evaluation, _ = stage_folders(manifest, tmp_path / "runs")
+    assert not (evaluation / "_SUCCESS").exists()

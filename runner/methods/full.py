@@ -1,4 +1,14 @@
-"""`full`: full fine-tuning — every weight of the model trains."""
+"""`full`: full fine-tuning — every weight of the model trains.
+
+On a GPU the weights train as float32 master weights, whatever dtype the base was loaded in; the
+trainer autocasts the forward and backward passes to bfloat16 when the base is bfloat16
+(runner/training_stage.py `autocast_bf16`). bfloat16 keeps 8 significant bits, so an update below
+about 2⁻⁹ of its weight rounds away: a step of 1e-5 on a weight of 0.02 (2.5 × 10⁻⁴ of it) is
+lost in pure bfloat16 training. The memory per trained parameter rises from 2 + 2 + 4 bytes
+(bf16 weight, gradient, AdamW's two bf16 moments) to 4 + 4 + 8 (float32 weight, gradient,
+moments), plus the bf16 copies autocast makes of the weights during a step. The trained model is
+saved in float32; evaluation loads it in the base's dtype.
+"""
 
 from __future__ import annotations
 
@@ -19,12 +29,21 @@ class FullSpec(Spec):
 
 
 def apply(model: Any, spec: FullSpec, context: MethodContext) -> Any:
-    """Mark every parameter trainable, except the input embeddings when asked."""
+    """Mark every parameter trainable, except the input embeddings when asked; float32 on a GPU."""
+    if context.device == "cuda" and master_dtype(model.dtype) != model.dtype:
+        model.float()  # parameter by parameter: the peak is the float32 model plus one half-precision tensor
     for parameter in model.parameters():
         parameter.requires_grad = True
     if spec.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad = False
     return model
+
+
+def master_dtype(dtype: Any) -> Any:
+    """The dtype full fine-tuning keeps its weights in: float32 for half precision, else unchanged."""
+    import torch
+
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
 
 
 def save_trained(model: Any, folder: Path) -> None:
@@ -33,7 +52,7 @@ def save_trained(model: Any, folder: Path) -> None:
 
 
 def load_trained(model: Any, folder: Path, spec: FullSpec) -> Any:
-    """The saved model in the base model's dtype, on the base model's device."""
+    """The saved (float32) model in the base model's dtype, on the base model's device."""
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(str(folder), dtype=model.dtype).to(model.device)
