@@ -3,12 +3,15 @@
 Reads DIR/<section>.json (absent when a section never started) and DIR/<section>.status (what
 bench/gpu.sh saw: exit code, `timeout`, or `skipped: ...`). Missing numbers print as "—";
 every issue-8 target is listed as met, missed or not measured. GB here is 10^9 bytes.
+The GPU test tier's outcome comes from DIR/gpu-tier.xml (pytest's JUnit report, whose
+properties are the tier's measurements) and DIR/tier.status.
 """
 
 from __future__ import annotations
 
 import json
 import time
+import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +127,44 @@ def targets(sections: dict[str, Any]) -> list[dict[str, Any]]:
             for t, v, ok, show in rows]
 
 
+def tier_results(folder: Path) -> dict[str, Any]:
+    """The tier's status and, per test, its outcome, seconds and measurements (from the JUnit file)."""
+    status = (folder / "tier.status").read_text().strip() if (folder / "tier.status").is_file() else "not run"
+    junit = folder / "gpu-tier.xml"
+    tests = []
+    if junit.is_file():
+        for case in ElementTree.parse(junit).getroot().iter("testcase"):
+            # pytest cut off by SIGINT (the time limit) writes the running test as a nameless testcase.
+            outcome = next((child.tag for child in case if child.tag in ("failure", "error", "skipped")), "passed" if case.get("name") else "cut off")
+            reason = next((child.get("message", "") for child in case if child.tag in ("failure", "error", "skipped")), "")
+            measured = {prop.get("name"): json.loads(prop.get("value")) for prop in case.iter("property")}
+            tests.append({"test": case.get("name") or "(the test running at the time limit)", "outcome": outcome, "seconds": float(case.get("time") or 0),
+                          "reason": reason.splitlines()[0][:200] if reason else "", "measured": measured})
+    return {"status": status, "tests": tests}
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, dict) and {"identical", "prefix"} <= value.keys():
+        return f"{value['identical']:.2f} identical, {value['prefix']:.3f} prefix (n {value.get('n')})"
+    return json.dumps(value)
+
+
+def _tier_lines(tier: dict[str, Any]) -> list[str]:
+    counts = {}
+    for test in tier["tests"]:
+        counts[test["outcome"]] = counts.get(test["outcome"], 0) + 1
+    summary = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items())) or "no results"
+    lines = [f"### GPU tier (`pytest -m gpu tests/gpu`): {summary}; {tier['status']}", "",
+             "Agreement: share of answers identical to the reference, and the mean share of each answer before the "
+             "first differing character (tests/gpu/tier.py).", "",
+             "| test | outcome | s | measured |", "|---|---|---:|---|"]
+    for test in tier["tests"]:
+        measured = "; ".join(f"{name}: {_shown(value)}" for name, value in test["measured"].items())
+        outcome = test["outcome"] + (f": {test['reason']}" if test["reason"] else "")
+        lines.append(f"| {test['test']} | {outcome.replace('|', '/')} | {test['seconds']:.1f} | {measured.replace('|', '/')} |")
+    return lines
+
+
 def write_report(folder: Path, names: list[str]) -> str:
     """Write gpu-bench.md and gpu-bench.json into `folder`; return the Markdown."""
     loaded = {name: _load(folder, name) for name in names}
@@ -133,6 +174,7 @@ def write_report(folder: Path, names: list[str]) -> str:
     card = f"{env.get('bandwidth_card')} at {env.get('bandwidth_tb_s')} TB/s" if env.get("bandwidth_tb_s") else "not in the table: no bound"
     gemma = sections.get("generation-gemma-2b") or {}
     found = targets(sections)
+    tier = tier_results(folder)
     md = [
         f"## GPU benchmark: {env.get('device', 'unknown device')}, {time.strftime('%Y-%m-%d')}",
         "",
@@ -163,6 +205,8 @@ def write_report(folder: Path, names: list[str]) -> str:
         "",
         *_speculative_lines(sections.get("speculative-gemma-2b")),
         "",
+        *_tier_lines(tier),
+        "",
         "### Targets",
         "",
         "| target | reached | met |",
@@ -174,9 +218,10 @@ def write_report(folder: Path, names: list[str]) -> str:
         "| section | status | seconds |",
         "|---|---|---:|",
         *[f"| {name} | {_status(data, seen)} | {_num((data or {}).get('seconds'), '.0f')} |" for name, (data, seen) in loaded.items()],
+        f"| tier | {tier['status']} | {_num(sum(t['seconds'] for t in tier['tests']) or None, '.0f')} |",
     ]
     text = "\n".join(md) + "\n"
     write_atomic(folder / "gpu-bench.md", text)
-    raw = {"sections": sections, "status": {n: _status(d, s) for n, (d, s) in loaded.items()}, "targets": found}
+    raw = {"sections": sections, "status": {n: _status(d, s) for n, (d, s) in loaded.items()}, "targets": found, "tier": tier}
     write_atomic(folder / "gpu-bench.json", json.dumps(raw, indent=2, default=str))
     return text

@@ -123,14 +123,30 @@ def _plan(args: argparse.Namespace) -> int:
         raise UserError([f"{p}: no such file or folder" for p in missing])
     if not files:
         raise UserError("no manifest files (*.yaml, *.yml) found")
+    if args.schedule and (args.gpu_memory is not None or args.prompt_tokens is not None):
+        raise UserError("--gpu-memory and --prompt-tokens apply to the plan, not to --schedule (a list of manifests)")
     manifests = [load_manifest(file, check_files=not args.schedule) for file in files if not _is_grid(file)]
     plan = build_plan(manifests, args.storage, resolve=not args.schedule)
+    memory = None
+    if args.gpu_memory is not None:
+        from runner.memory_plan import plan_memory
+
+        memory = plan_memory(manifests, args.gpu_memory, args.prompt_tokens)
     if args.schedule:
         print("\n".join(str(path) for path in plan.schedule()))
     elif args.json:
-        print(json.dumps(plan.as_json(), indent=2))
+        data = plan.as_json()
+        if memory is not None:
+            from runner.memory_plan import memory_json
+
+            data["memory"] = memory_json(memory, args.gpu_memory)
+        print(json.dumps(data, indent=2))
     else:
         sys.stdout.write(render_text(plan))
+        if memory is not None:
+            from runner.memory_plan import render_memory
+
+            sys.stdout.write(render_memory(memory, args.gpu_memory))
     return 0
 
 
@@ -223,14 +239,16 @@ def _expand(args: argparse.Namespace) -> int:
 
 
 def _k8s(args: argparse.Namespace) -> int:
-    from runner.k8s import collect, job_settings, render
+    from runner.k8s import collect, job_names, job_settings, render
 
     folder = Path(args.folder)
     settings = job_settings(
         folder, args.image, args.storage, name=args.name, mount_path=args.mount_path, parallelism=args.parallelism,
-        retries=args.retries, secret=args.secret, namespace=args.namespace, data_claim=args.data_claim,
+        retries=args.retries, secrets=args.secret, secret_keys=args.secret_key, namespace=args.namespace,
+        data_claim=args.data_claim, model_cache_claim=args.model_cache_claim,
     )
-    text = render(collect(folder), settings)
+    manifests = collect(folder)
+    text = render(manifests, settings)
     if args.out is None:
         sys.stdout.write(text)
         return 0
@@ -238,7 +256,7 @@ def _k8s(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     write_atomic(out, text)
-    print(f"{out}: ConfigMap and Indexed Job {settings.name}; kubectl apply -f {out}")
+    print(f"{out}: ConfigMap and Indexed Job {', '.join(job_names(manifests, settings).values())}; kubectl apply -f {out}")
     return 0
 
 
@@ -267,6 +285,17 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "--schedule", action="store_true",
         help="print the manifests in run order (each training's first user first); reads no data, hub or storage",
+    )
+    from runner.memory_plan import gpu_memory_gb, prompt_tokens_count
+
+    plan.add_argument(
+        "--gpu-memory", type=gpu_memory_gb, metavar="GB",
+        help="also estimate each run's training and evaluation peak memory from the model config, say whether it "
+        "fits a card of this many GB (as labelled: 24, 80; read as GiB) and the cheapest manifest change that would",
+    )
+    plan.add_argument(
+        "--prompt-tokens", type=prompt_tokens_count, metavar="N",
+        help="with --gpu-memory: the longest evaluation prompt to plan for (default: (icl.shots + 1) × train.max_seq_length, within the context)",
     )
     plan.set_defaults(handler=_plan)
 
@@ -302,10 +331,23 @@ def build_parser() -> argparse.ArgumentParser:
     k8s.add_argument("--storage", required=True, help="s3://bucket/prefix every pod writes to")
     k8s.add_argument("--parallelism", type=int, default=1, help="pods (GPUs) at once (default 1)")
     k8s.add_argument("--retries", type=int, default=3, help="retries per index after an infrastructure failure (default 3)")
-    k8s.add_argument("--secret", default="qabench-credentials", help="Secret whose keys become environment variables (AWS_*, HF_TOKEN)")
+    k8s.add_argument(
+        "--secret", action="append", metavar="NAME",
+        help="Secret whose every key becomes an environment variable (AWS_*, HF_TOKEN); repeatable "
+        "(default qabench-credentials, unless --secret-key is given)",
+    )
+    k8s.add_argument(
+        "--secret-key", action="append", metavar="VARIABLE=SECRET:KEY",
+        help="one key of a Secret as one variable, e.g. HF_TOKEN=hf-token:token; repeatable",
+    )
     k8s.add_argument("--namespace", help="namespace of both objects (default: kubectl's current one)")
     k8s.add_argument("--name", help="Job name (default qabench-<folder name>)")
     k8s.add_argument("--data-claim", help="PersistentVolumeClaim holding the manifests' data folder, mounted read-only")
+    k8s.add_argument(
+        "--model-cache-claim", metavar="CLAIM",
+        help="ReadWriteMany PersistentVolumeClaim shared by every pod as the model cache (HF_HOME), so weights are "
+        "downloaded once; concurrent downloads are safe (huggingface_hub locks each file)",
+    )
     k8s.add_argument("--mount-path", help="where the manifests appear in the pod (default /app/<folder>, its place in the image)")
     k8s.add_argument("--out", help="write here instead of to stdout")
     k8s.set_defaults(handler=_k8s)

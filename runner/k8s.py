@@ -1,10 +1,15 @@
-"""Kubernetes: a folder of manifests as one ConfigMap plus an Indexed Job, one pod per manifest.
+"""Kubernetes: a folder of manifests as one ConfigMap plus Indexed Jobs, one pod per manifest.
 
-Index i runs the i-th manifest of the plan's schedule (runner/plan.py): the first user of each
-distinct training first, then the manifests that reuse a training. Runs are idempotent and resumable, so a
-retried, preempted or duplicated pod redoes nothing that is finished; the Job only has to decide
-what to retry, from the runner's exit codes (2 = the manifest is wrong: fail the index at once;
-anything else counts against the index's retries).
+An Indexed Job has one pod template, so one GPU count: the manifests are split by their `devices`
+into one Job each (`<name>` when every manifest uses one GPU, else `<name>-gpu<N>`), every Job
+numbering its own indexes. Index i of a Job runs its i-th manifest in the plan's schedule
+(runner/plan.py): the first user of each distinct training first, then the manifests that reuse a
+training. Runs are idempotent and resumable, so a retried, preempted or duplicated pod redoes
+nothing that is finished; a Job only has to decide what to retry, from the runner's exit codes
+(2 = the manifest is wrong: fail the index at once; anything else counts against the index's retries).
+
+Credentials reach the pods only from named Secrets (`envFrom`, or one key as one variable); the
+rendered text never holds a credential's value, and a storage URI carrying one is refused.
 """
 
 from __future__ import annotations
@@ -30,6 +35,10 @@ IMAGE_WORKDIR = "/app"
 """WORKDIR of the images in docker/: the checkout's files sit at the same relative paths below it."""
 CACHE = "/cache"
 """Scratch volume for model downloads and the S3 store's working folder (lost with the pod)."""
+MODEL_CACHE = "/models"
+"""Where --model-cache-claim mounts the shared model cache (HF_HOME and QABENCH_MODEL_CACHE below it)."""
+DEFAULT_SECRET = "qabench-credentials"
+"""The Secret given to `envFrom` when neither --secret nor --secret-key names one."""
 CONTAINER = "runner"
 CONFIGMAP_LIMIT = 1024 * 1024
 """Kubernetes rejects a ConfigMap whose keys and values exceed 1 MiB together."""
@@ -42,6 +51,10 @@ INDEX_VARIABLE = "JOB_COMPLETION_INDEX"
 _JOB_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?$")
 _CONFIGMAP_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_OBJECT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_SECRET_KEY = re.compile(r"^(?P<variable>[A-Za-z_][A-Za-z0-9_]*)=(?P<secret>[^:]+):(?P<key>[-._a-zA-Z0-9]{1,253})$")
+# Set by the Job itself (_container): a Secret key may not replace them.
+_RESERVED = frozenset({INDEX_VARIABLE, "HF_HOME", "QABENCH_MODEL_CACHE", "QABENCH_WORKDIR"})
 
 
 @dataclass(frozen=True)
@@ -53,11 +66,16 @@ class JobSettings:
     name: str
     mount_path: str
     parallelism: int = 1
+    """Pods at once, per Job."""
     retries: int = 3
-    secret: str = "qabench-credentials"
+    secrets: tuple[str, ...] = (DEFAULT_SECRET,)
+    """Secrets whose every key becomes an environment variable (`envFrom`), later ones winning."""
+    secret_keys: tuple[tuple[str, str, str], ...] = ()
+    """(variable, Secret, key): one key of a Secret as one variable (`valueFrom.secretKeyRef`)."""
     namespace: str | None = None
     data_claim: str | None = None
-
+    model_cache_claim: str | None = None
+    """A ReadWriteMany PersistentVolumeClaim shared by every pod for model downloads."""
 
 
 def _image_problem(image: str) -> str | None:
@@ -75,12 +93,36 @@ def _image_problem(image: str) -> str | None:
     return None
 
 
+def _shown(uri: str) -> str:
+    """`uri` fit for a message: user and password as ***, and the query (it may hold a signature) left out."""
+    text = redact(uri)
+    return text.split("?", 1)[0] + "?…" if "?" in text else text
+
+
 def _storage_problem(uri: str) -> str | None:
     problem = storage_problem(uri, "the working folder")
     if problem is None and parse_storage(uri).scheme == "s3":
         return None
+    if problem and ("credentials" in problem or "?" in uri):
+        # Everything in the Job is readable by whoever can read the Job; credentials come from Secrets.
+        return f"--storage {_shown(uri)!r}: {problem}; pods read them from the Secret (--secret, --secret-key)"
+    if problem and uri.lower().startswith("s3:"):
+        return f"--storage {_shown(uri)!r}: {problem}"
     reason = f" ({problem})" if problem else ""
-    return f"--storage {redact(uri)!r}: pods on different nodes cannot share a local folder; use s3://bucket/prefix{reason}"
+    return f"--storage {_shown(uri)!r}: pods on different nodes cannot share a local folder; use s3://bucket/prefix{reason}"
+
+
+def _secret_key(text: str) -> tuple[tuple[str, str, str] | None, str | None]:
+    """(variable, Secret, key) from `VARIABLE=SECRET:KEY`, or (None, why not)."""
+    match = _SECRET_KEY.match(text)
+    if match is None:
+        return None, f"--secret-key {text!r}: write VARIABLE=SECRET:KEY, e.g. HF_TOKEN=hf-token:token"
+    variable, secret, key = match.group("variable", "secret", "key")
+    if variable in _RESERVED:
+        return None, f"--secret-key {text!r}: {variable} is set by the Job itself"
+    if not _OBJECT_NAME.match(secret):
+        return None, f"--secret-key {text!r}: {secret!r} is not a Kubernetes object name (lower-case letters, digits, '-', '.')"
+    return (variable, secret, key), None
 
 
 def job_settings(
@@ -91,18 +133,36 @@ def job_settings(
     mount_path: str | None = None,
     parallelism: int = 1,
     retries: int = 3,
-    secret: str = "qabench-credentials",
+    secrets: list[str] | None = None,
+    secret_keys: list[str] | None = None,
     namespace: str | None = None,
     data_claim: str | None = None,
+    model_cache_claim: str | None = None,
 ) -> JobSettings:
-    """Checked settings; one UserError listing every bad argument."""
+    """Checked settings; one UserError listing every bad argument.
+
+    `secrets`: Secret names for `envFrom` (default qabench-credentials, unless `secret_keys` name
+    the Secrets instead); `secret_keys`: `VARIABLE=SECRET:KEY` texts.
+    """
     name = name or default_name(folder)
     problems = [p for p in (_image_problem(image), _storage_problem(storage)) if p]
     if not _JOB_NAME.match(name):
         problems.append(f"--name {name!r}: lower-case letters, digits and '-', at most 52 characters (pod names add the index)")
-    for flag, value in (("--secret", secret), ("--namespace", namespace), ("--data-claim", data_claim)):
-        if value is not None and not re.match(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$", value):
+    secrets = list(secrets or ([] if secret_keys else [DEFAULT_SECRET]))
+    named = [("--secret", secret) for secret in secrets]
+    named += [("--namespace", namespace), ("--data-claim", data_claim), ("--model-cache-claim", model_cache_claim)]
+    for flag, value in named:
+        if value is not None and not _OBJECT_NAME.match(value):
             problems.append(f"{flag} {value!r}: not a Kubernetes object name (lower-case letters, digits, '-', '.')")
+    keys = []
+    for text in secret_keys or []:
+        parsed, problem = _secret_key(text)
+        keys += [parsed] if parsed else []
+        problems += [problem] if problem else []
+    variables = [variable for variable, _, _ in keys]
+    problems += [f"--secret-key {v}=...: given twice" for v in sorted({v for v in variables if variables.count(v) > 1})]
+    if len(set(secrets)) < len(secrets):
+        problems.append("--secret: a Secret is named twice")
     if parallelism < 1:
         problems.append("--parallelism must be at least 1")
     if retries < 0:
@@ -118,9 +178,11 @@ def job_settings(
         mount_path=mount_path or default_mount_path(folder),
         parallelism=parallelism,
         retries=retries,
-        secret=secret,
+        secrets=tuple(secrets),
+        secret_keys=tuple(keys),
         namespace=namespace,
         data_claim=data_claim,
+        model_cache_claim=model_cache_claim,
     )
 
 
@@ -143,8 +205,19 @@ def default_mount_path(folder: Path) -> str:
     return posixpath.join(IMAGE_WORKDIR, relative.as_posix())
 
 
-def collect(folder: Path) -> list[tuple[str, str]]:
-    """(file name, text) of every manifest in `folder`, in index order; ManifestError if any is invalid.
+@dataclass(frozen=True)
+class PodManifest:
+    """One manifest as a pod runs it."""
+
+    key: str
+    """Its file name: the ConfigMap key."""
+    text: str
+    devices: int
+    """GPUs its pod requests (the manifest's `devices`: data-parallel processes under torchrun)."""
+
+
+def collect(folder: Path) -> list[PodManifest]:
+    """Every manifest in `folder`, in the plan's schedule order; ManifestError if any is invalid.
 
     Only the manifests' content is checked, not the data files: those must exist in the pod.
     """
@@ -172,8 +245,9 @@ def collect(folder: Path) -> list[tuple[str, str]]:
     # Index order = the plan's schedule: the first user of each distinct training gets the lowest
     # indexes, so with --parallelism N the first N pods start N different trainings and the
     # manifests that reuse one come after it (the training's lease keeps duplicates out anyway).
+    devices = {str(item.path): item.manifest.devices for item in loaded}
     order = build_plan(loaded, None, resolve=False).schedule()
-    return [(Path(path).name, Path(path).read_text(encoding="utf-8")) for path in order]
+    return [PodManifest(Path(path).name, Path(path).read_text(encoding="utf-8"), devices[path]) for path in order]
 
 
 def pod_args(settings: JobSettings) -> list[str]:
@@ -181,47 +255,69 @@ def pod_args(settings: JobSettings) -> list[str]:
     return [posixpath.join(settings.mount_path, f"$({INDEX_VARIABLE}).yaml"), "--storage", settings.storage]
 
 
-def _data_root(manifests: list[tuple[str, str]], mount_path: str) -> str:
+def _data_root(manifests: list[PodManifest], mount_path: str) -> str:
     """The one data folder every manifest reads, as a path in the pod."""
-    roots = {yaml.safe_load(text)["data"]["root"] for _, text in manifests}
+    roots = {yaml.safe_load(m.text)["data"]["root"] for m in manifests}
     if len(roots) != 1:
         raise UserError(f"--data-claim mounts one data folder, but the manifests read {len(roots)}: {', '.join(sorted(roots))}")
     return posixpath.normpath(posixpath.join(mount_path, roots.pop()))
 
 
-def _configmap(name: str, settings: JobSettings, labels: dict[str, str], data: dict[str, str]) -> dict[str, Any]:
+def _metadata(name: str, settings: JobSettings, labels: dict[str, str]) -> dict[str, Any]:
     metadata: dict[str, Any] = {"name": name, "labels": labels}
     if settings.namespace:
         metadata["namespace"] = settings.namespace
+    return metadata
+
+
+def _configmap(name: str, settings: JobSettings, labels: dict[str, str], data: dict[str, str]) -> dict[str, Any]:
     # Immutable and named after its content: a changed folder becomes a new ConfigMap, never new
     # files under a Job whose indexes were numbered for the old ones.
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "immutable": True, "data": data}
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _metadata(name, settings, labels), "immutable": True, "data": data}
 
 
-def _container(settings: JobSettings, mounts: list[dict[str, Any]]) -> dict[str, Any]:
-    env = [
+def _container(settings: JobSettings, mounts: list[dict[str, Any]], devices: int) -> dict[str, Any]:
+    models = MODEL_CACHE if settings.model_cache_claim else CACHE
+    env: list[dict[str, Any]] = [
         # Declared so the kubelet can substitute it in args; the Job controller keeps a declared one.
         {"name": INDEX_VARIABLE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
-        {"name": "HF_HOME", "value": f"{CACHE}/huggingface"},
-        {"name": "QABENCH_MODEL_CACHE", "value": f"{CACHE}/qabench"},
+        {"name": "HF_HOME", "value": f"{models}/huggingface"},
+        {"name": "QABENCH_MODEL_CACHE", "value": f"{models}/qabench"},
+        # Per pod even with a shared model cache: the S3 store stages its uploads here.
         {"name": "QABENCH_WORKDIR", "value": f"{CACHE}/work"},
     ]
-    return {
+    # Only references: the kubelet reads the values from the Secret when it starts the pod.
+    env += [{"name": variable, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}} for variable, secret, key in settings.secret_keys]
+    container: dict[str, Any] = {
         "name": CONTAINER,
         "image": settings.image,
         "imagePullPolicy": "IfNotPresent",
         "args": pod_args(settings),
         "env": env,
-        # AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, HF_TOKEN, ...: every key of the Secret.
-        "envFrom": [{"secretRef": {"name": settings.secret}}],
-        "resources": {"limits": {"nvidia.com/gpu": 1}},
+    }
+    if settings.secrets:
+        # AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, HF_TOKEN, ...: every key of each Secret.
+        container["envFrom"] = [{"secretRef": {"name": secret}} for secret in settings.secrets]
+    return container | {
+        # `devices: N` runs N data-parallel processes under torchrun, one per GPU, in this one pod.
+        "resources": {"limits": {"nvidia.com/gpu": devices}},
         "securityContext": {"allowPrivilegeEscalation": False},
         "volumeMounts": mounts,
     }
 
 
-def _job(settings: JobSettings, labels: dict[str, str], configmap: str, manifests: list[tuple[str, str]]) -> dict[str, Any]:
-    items = [{"key": key, "path": f"{index}.yaml"} for index, (key, _) in enumerate(manifests)]
+def job_names(manifests: list[PodManifest], settings: JobSettings) -> dict[int, str]:
+    """GPUs per pod → its Job's name, fewest first: `<name>` when every manifest uses one GPU, else `<name>-gpu<N>`."""
+    counts = sorted({m.devices for m in manifests})
+    names = {n: settings.name if counts == [1] else f"{settings.name}-gpu{n}" for n in counts}
+    too_long = [name for name in names.values() if not _JOB_NAME.match(name)]
+    if too_long:
+        raise UserError(f"Job name {too_long[0]!r} is over 52 characters with its -gpuN suffix; pass a shorter --name")
+    return names
+
+
+def _job(name: str, settings: JobSettings, labels: dict[str, str], configmap: str, manifests: list[PodManifest], devices: int) -> dict[str, Any]:
+    items = [{"key": m.key, "path": f"{index}.yaml"} for index, m in enumerate(manifests)]
     volumes: list[dict[str, Any]] = [
         {"name": "manifests", "configMap": {"name": configmap, "items": items}},
         {"name": "cache", "emptyDir": {}},
@@ -230,16 +326,24 @@ def _job(settings: JobSettings, labels: dict[str, str], configmap: str, manifest
         {"name": "manifests", "mountPath": settings.mount_path, "readOnly": True},
         {"name": "cache", "mountPath": CACHE},
     ]
+    if settings.model_cache_claim:
+        # Every pod reads and fills the same cache, so a model is downloaded once per cluster, not
+        # per pod. Concurrent downloads of one model are safe: huggingface_hub locks each file
+        # (<cache>/.locks) and renames it into place whole; packaged models are converted in a
+        # staging folder and renamed likewise.
+        volumes.append({"name": "models", "persistentVolumeClaim": {"claimName": settings.model_cache_claim}})
+        mounts.append({"name": "models", "mountPath": MODEL_CACHE})
     if settings.data_claim:
         volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": settings.data_claim, "readOnly": True}})
         mounts.append({"name": "data", "mountPath": _data_root(manifests, settings.mount_path), "readOnly": True})
-    metadata: dict[str, Any] = {"name": settings.name, "labels": labels}
-    if settings.namespace:
-        metadata["namespace"] = settings.namespace
+    if devices > 1:
+        # NCCL between the torchrun workers goes through /dev/shm, which a container gets as 64 MiB.
+        volumes.append({"name": "shm", "emptyDir": {"medium": "Memory"}})
+        mounts.append({"name": "shm", "mountPath": "/dev/shm"})
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": metadata,
+        "metadata": _metadata(name, settings, labels),
         "spec": {
             "completionMode": "Indexed",
             "completions": len(manifests),
@@ -263,7 +367,7 @@ def _job(settings: JobSettings, labels: dict[str, str], configmap: str, manifest
                     # a generous grace period lets that land before the kubelet's SIGKILL.
                     "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
                     "securityContext": {"runAsNonRoot": True},  # the images run as uid 1000
-                    "containers": [_container(settings, mounts)],
+                    "containers": [_container(settings, mounts, devices)],
                     "volumes": volumes,
                     "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
                 },
@@ -272,10 +376,10 @@ def _job(settings: JobSettings, labels: dict[str, str], configmap: str, manifest
     }
 
 
-def render(manifests: list[tuple[str, str]], settings: JobSettings) -> str:
-    """The ConfigMap and the Job as one multi-document YAML text (same input, same bytes)."""
-    data = dict(manifests)
-    size = sum(len(key.encode()) + len(text.encode()) for key, text in manifests)
+def render(manifests: list[PodManifest], settings: JobSettings) -> str:
+    """The ConfigMap and one Indexed Job per GPU count as one multi-document YAML text (same input, same bytes)."""
+    data = {m.key: m.text for m in manifests}
+    size = sum(len(m.key.encode()) + len(m.text.encode()) for m in manifests)
     if size > CONFIGMAP_LIMIT:
         raise UserError(
             f"{len(manifests)} manifests take {size:,} bytes, over a ConfigMap's {CONFIGMAP_LIMIT:,}: split the folder into several Jobs"
@@ -283,10 +387,18 @@ def render(manifests: list[tuple[str, str]], settings: JobSettings) -> str:
     digest = hashlib.sha256(dump_yaml(data).encode()).hexdigest()[:10]
     configmap = f"{settings.name}-{digest}"
     labels = {"app.kubernetes.io/name": "qabench", "app.kubernetes.io/instance": settings.name}
+    # One Job per GPU count, fewest GPUs first; within each, the plan's schedule order.
+    names = job_names(manifests, settings)
+    groups = {n: [m for m in manifests if m.devices == n] for n in names}
     header = [
         "# Generated by `python -m runner k8s`: kubectl apply -f THIS_FILE",
-        f"# Job {settings.name}: {len(manifests)} indexes, image {settings.image}, storage {settings.storage}",
-        "# index  manifest",
-    ] + [f"# {index:5d}  {key}" for index, (key, _) in enumerate(manifests)]
-    documents = [_configmap(configmap, settings, labels, data), _job(settings, labels, configmap, manifests)]
+        f"# ConfigMap {configmap}; image {settings.image}; storage {settings.storage}",
+    ]
+    for n, group in groups.items():
+        header += [
+            f"# Job {names[n]}: {len(group)} index{'es' if len(group) > 1 else ''}, {n} GPU{'s' if n > 1 else ''} per pod",
+            "#   index  manifest",
+        ] + [f"#   {index:5d}  {m.key}" for index, m in enumerate(group)]
+    documents = [_configmap(configmap, settings, labels, data)]
+    documents += [_job(names[n], settings, labels, configmap, group, n) for n, group in groups.items()]
     return "\n".join(header) + "\n" + "---\n".join(dump_yaml(document) for document in documents)

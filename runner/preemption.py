@@ -3,7 +3,8 @@
 Spot hosts and Kubernetes evictions send SIGTERM and wait a grace period before SIGKILL. Instead of
 dying mid-batch, the run notes the request, lets the trainer write a checkpoint at the end of the
 step in progress (or finishes the shard being generated), then exits with EXIT_PREEMPTED so the
-orchestrator retries, and the retry resumes from what was saved.
+orchestrator retries, and the retry resumes from what was saved. Under `devices: N` the launcher
+passes the SIGTERM on to every rank (runner/distributed.py), and the ranks agree on the step to stop at.
 """
 
 from __future__ import annotations
@@ -50,13 +51,36 @@ def stop_if_requested(saved: str) -> None:
 
 
 def trainer_callback():
-    """A TrainerCallback that, once SIGTERM arrived, saves a checkpoint at the step's end and stops."""
+    """A TrainerCallback that, once SIGTERM arrived, saves a checkpoint at the step's end and stops.
+
+    In data-parallel training the ranks decide together at each step's end: the signals reach them
+    a moment apart, and a rank that stopped one step before another would leave that one waiting
+    in the next step's gradient all-reduce until the grace period's SIGKILL.
+    """
     from transformers import TrainerCallback
 
     class SaveAndStopOnSigterm(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            if _requested.is_set():
+            if _agreed_stop():
                 control.should_save = True
                 control.should_training_stop = True
 
     return SaveAndStopOnSigterm()
+
+
+def _agreed_stop() -> bool:
+    """Whether any rank has a stop request; one that learns of it here stops as if signalled."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return _requested.is_set()
+
+    # One flag a step: a 4-byte all-reduce beside the step's own gradient all-reduce.
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    flag = torch.tensor([int(_requested.is_set())], dtype=torch.int32, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if not flag.item():
+        return False  # a signal arriving after the all-reduce counts at the next step's end, on every rank
+    _requested.set()  # so this rank's train() also stops with exit 143 (stop_if_requested)
+    return True

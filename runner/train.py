@@ -511,6 +511,13 @@ def train(
     if eval_dataset is not None and resume is None:
         with _global_randomness_kept(device):
             before = fits(lambda: _heldout_loss(trainer), "out of memory in the held-out evaluation before training")
+        if distributed.world_size() > 1:
+            # evaluate() registered the bare model with accelerate as prepared (for evaluation, so
+            # not wrapped in DistributedDataParallel), and train() would then skip wrapping it:
+            # every rank would train on its own shard without averaging gradients.
+            trainer.accelerator._models.clear()
+            if hasattr(trainer.model, "_is_accelerate_prepared"):
+                del trainer.model._is_accelerate_prepared
     elif eval_dataset is not None:
         # The held-out loss before training was logged at step 0 by the attempt that started it.
         before = next((r["eval_loss"] for r in logged if r.get("step") == 0 and "eval_loss" in r), None)

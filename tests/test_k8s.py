@@ -115,10 +115,17 @@ def test_image_pinned_by_digest_or_registry_port_and_tag_is_accepted(tmp_path, c
         assert main(["k8s", str(GRID), "--image", image, "--storage", STORAGE, "--mount-path", "/m", "--out", str(tmp_path / "j.yaml")]) == 0
 
 
-@pytest.mark.parametrize("storage", ["runs", "file:///shared/runs", "/mnt/runs", "s3://", "gs://bucket/x"])
+@pytest.mark.parametrize("storage", ["runs", "file:///shared/runs", "/mnt/runs", "gs://bucket/x"])
 def test_storage_that_pods_cannot_share_is_refused(capsys, storage):
     assert main(["k8s", str(GRID), "--image", IMAGE, "--storage", storage, "--mount-path", "/m"]) == 2
     assert "pods on different nodes cannot share a local folder; use s3://bucket/prefix" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("storage, message", [("s3://", "'' is not a bucket name"), ("s3://b/runs", "'b' is not a bucket name")])
+def test_s3_storage_that_is_not_a_bucket_says_why(capsys, storage, message):
+    assert main(["k8s", str(GRID), "--image", IMAGE, "--storage", storage, "--mount-path", "/m"]) == 2
+    err = capsys.readouterr().err
+    assert f"--storage {storage!r}: {message}" in err and "local folder" not in err
 
 
 def test_every_bad_argument_is_reported_at_once(capsys):
@@ -158,6 +165,131 @@ def test_manifests_in_subfolders_are_refused(tmp_path, capsys):
     shutil.copy(GRID / "gemma-2b-none-0-shot-greedy.yaml", folder / "sub")
     assert main(["k8s", str(folder), "--image", IMAGE, "--storage", STORAGE, "--mount-path", "/m"]) == 2
     assert "manifests in subfolders" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Credentials, the shared model cache, GPUs per `devices`.
+
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "AKIAK8SLEAK0001", "AWS_SECRET_ACCESS_KEY": "k8s-leak-secret-0002", "HF_TOKEN": "hf_k8s_leak_0003"}
+
+
+def _kubernetes_validate(path: Path) -> str:
+    binary = Path(sys.executable).parent / "kubernetes-validate"
+    result = subprocess.run([str(binary), "--strict", "-k", KUBERNETES_VERSION, str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_credentials_reach_pods_only_by_reference_to_named_secrets(tmp_path, monkeypatch, capsys):
+    for variable, value in CREDENTIALS.items():
+        monkeypatch.setenv(variable, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "https://s3-k8s-leak.example.com")
+    out = _render(tmp_path, "--secret", "s3-credentials", "--secret", "team-defaults", "--secret-key", "HF_TOKEN=hf-token:token",
+                  "--secret-key", "AWS_ENDPOINT_URL=s3-endpoint:url", "--model-cache-claim", "models")
+    text = out.read_text()
+    assert not [v for v in (*CREDENTIALS.values(), "s3-k8s-leak") if v in text + "".join(capsys.readouterr())]
+    container = _documents(out)["Job"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}, {"secretRef": {"name": "team-defaults"}}]
+    assert container["env"][-2:] == [
+        {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}},
+        {"name": "AWS_ENDPOINT_URL", "valueFrom": {"secretKeyRef": {"name": "s3-endpoint", "key": "url"}}},
+    ]
+    assert "passed for resource job/qabench-grid" in _kubernetes_validate(out)
+
+
+def test_secret_keys_alone_name_no_default_secret(tmp_path, capsys):
+    container = _documents(_render(tmp_path, "--secret-key", "HF_TOKEN=hf-token:token"))["Job"]["spec"]["template"]["spec"]["containers"][0]
+    assert "envFrom" not in container, "qabench-credentials may not exist; a missing envFrom Secret stops the pod from starting"
+
+
+@pytest.mark.parametrize(
+    "storage",
+    [f"s3://{CREDENTIALS['AWS_ACCESS_KEY_ID']}:{CREDENTIALS['AWS_SECRET_ACCESS_KEY']}@bucket/runs",
+     f"s3://bucket/runs?X-Amz-Credential={CREDENTIALS['AWS_ACCESS_KEY_ID']}&X-Amz-Signature={CREDENTIALS['AWS_SECRET_ACCESS_KEY']}"],
+    ids=["userinfo", "query"],
+)
+def test_storage_carrying_credentials_is_refused_without_echoing_them(tmp_path, capsys, storage):
+    out = tmp_path / "job.yaml"
+    assert main(["k8s", str(GRID), "--image", IMAGE, "--storage", storage, "--mount-path", "/m", "--out", str(out)]) == 2
+    printed = "".join(capsys.readouterr())
+    assert "pods read them from the Secret (--secret, --secret-key)" in printed and "cannot share a local folder" not in printed
+    assert not [v for v in CREDENTIALS.values() if v in printed] and not out.exists()
+
+
+def test_every_bad_secret_argument_is_reported_at_once(capsys):
+    keys = ["HF_TOKEN", "HF_TOKEN=hf-token", "1X=s:k", "HF_HOME=s:k", "X=Bad_Secret:k", "Y=s:k", "Y=t:k"]
+    args = ["k8s", str(GRID), "--image", IMAGE, "--storage", STORAGE, "--mount-path", "/m", "--secret", "Bad", "--model-cache-claim", "no_claim"]
+    assert main([*args, *(a for key in keys for a in ("--secret-key", key))]) == 2
+    err = capsys.readouterr().err
+    assert err.count("write VARIABLE=SECRET:KEY") == 3, err
+    for text in ("HF_HOME is set by the Job itself", "'Bad_Secret' is not a Kubernetes object name", "--secret-key Y=...: given twice",
+                 "--secret 'Bad': not a Kubernetes object name", "--model-cache-claim 'no_claim'"):
+        assert text in err
+
+
+def test_model_cache_claim_is_shared_by_every_pod_and_the_work_folder_is_not(tmp_path, capsys):
+    pod = _documents(_render(tmp_path, "--model-cache-claim", "hf-models"))["Job"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert {"name": "models", "persistentVolumeClaim": {"claimName": "hf-models"}} in pod["volumes"]
+    assert {"name": "models", "mountPath": "/models"} in container["volumeMounts"]
+    assert (env["HF_HOME"], env["QABENCH_MODEL_CACHE"]) == ("/models/huggingface", "/models/qabench")
+    assert env["QABENCH_WORKDIR"] == f"{CACHE}/work", "the S3 store's staging folder stays per pod"
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["k8s", "--help"])
+    assert "concurrent downloads are safe (huggingface_hub locks each file)" in " ".join(capsys.readouterr().out.split())
+
+
+def _folder_with_devices(tmp_path: Path, devices: dict[str, int]) -> Path:
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for name in sorted(GRID.glob("gemma-*-0-shot-greedy.yaml"))[:8]:
+        text = name.read_text()
+        n = devices.get(name.name, 1)
+        (folder / name.name).write_text(text + (f"devices: {n}\n" if n != 1 else ""))
+    return folder
+
+
+def test_one_job_per_gpu_count_each_in_the_plans_order_requesting_its_gpus(tmp_path, capsys):
+    names = [p.name for p in sorted(GRID.glob("gemma-*-0-shot-greedy.yaml"))[:8]]
+    devices = {names[1]: 2, names[4]: 2, names[6]: 4}
+    folder = _folder_with_devices(tmp_path, devices)
+    out = tmp_path / "job.yaml"
+    assert main(["k8s", str(folder), "--image", IMAGE, "--storage", STORAGE, "--mount-path", "/m", "--name", "study", "--out", str(out)]) == 0
+    assert "Indexed Job study-gpu1, study-gpu2, study-gpu4;" in capsys.readouterr().out
+    configmap, *jobs = yaml.safe_load_all(out.read_text())
+    assert main(["plan", str(folder), "--schedule"]) == 0
+    schedule = [Path(line).name for line in capsys.readouterr().out.split()]
+    assert [job["metadata"]["name"] for job in jobs] == ["study-gpu1", "study-gpu2", "study-gpu4"]
+    for job, gpus in zip(jobs, (1, 2, 4)):
+        pod = job["spec"]["template"]["spec"]
+        wanted = [n for n in schedule if devices.get(n, 1) == gpus]
+        items = next(v for v in pod["volumes"] if v["name"] == "manifests")["configMap"]
+        assert items == {"name": configmap["metadata"]["name"], "items": [{"key": n, "path": f"{i}.yaml"} for i, n in enumerate(wanted)]}
+        assert job["spec"]["completions"] == len(wanted)
+        container = pod["containers"][0]
+        assert container["resources"]["limits"] == {"nvidia.com/gpu": gpus}
+        shm = ({"name": "shm", "emptyDir": {"medium": "Memory"}}, {"name": "shm", "mountPath": "/dev/shm"})
+        assert (shm[0] in pod["volumes"] and shm[1] in container["volumeMounts"]) == (gpus > 1)
+    assert sorted(configmap["data"]) == sorted(names), "one ConfigMap holds every manifest"
+    header = [line for line in out.read_text().splitlines() if line.startswith("#")]
+    assert "# Job study-gpu2: 2 indexes, 2 GPUs per pod" in header and f"#       0  {[n for n in schedule if devices.get(n) == 2][0]}" in header
+    result = _kubernetes_validate(out)
+    assert all(f"passed for resource job/study-gpu{n}" in result for n in (1, 2, 4))
+
+
+def test_a_folder_of_two_gpu_manifests_is_one_job_named_for_its_gpus(tmp_path, capsys):
+    folder = _folder_with_devices(tmp_path, {p.name: 2 for p in GRID.glob("*.yaml")})
+    settings = job_settings(folder, IMAGE, STORAGE, name="pairs", mount_path="/m")
+    _, job = yaml.safe_load_all(render(collect(folder), settings))
+    assert job["metadata"]["name"] == "pairs-gpu2" and job["spec"]["completions"] == 8
+
+
+def test_a_name_too_long_for_its_gpu_suffix_is_refused(tmp_path, capsys):
+    folder = _folder_with_devices(tmp_path, {p.name: 8 for p in GRID.glob("*.yaml")})
+    assert main(["k8s", str(folder), "--image", IMAGE, "--storage", STORAGE, "--mount-path", "/m", "--name", "n" * 50]) == 2
+    assert "over 52 characters with its -gpuN suffix" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------

@@ -95,6 +95,10 @@ class Method:
     row from its KV cache. False when the method adds tokens inside the model in front of every
     prompt (prompt tuning's virtual tokens): they would be added again in front of each piece of
     a split prompt."""
+    memory: Callable[[Spec, Any, int, bool], Any] | None = None
+    """The method's memory description for `runner plan --gpu-memory`: a `memory_plan.Adaptation`
+    from the model's shape, the base's bytes per element and whether bf16 autocast runs. None:
+    the plan prints the method's runs as unknown."""
 
 
 METHODS: Registry[Method] = Registry(__name__, "method")

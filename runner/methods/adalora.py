@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from runner.errors import UserError
+from runner import memory_plan as mp
 from runner.methods import Method, MethodContext, TargetModules, peft_target_modules, register, require_modules
 from runner.methods.lora import ALPHA_MAX
 from runner.spec import STEPS_MAX, Spec
@@ -192,6 +193,22 @@ def save_trained(model: Any, folder: Path) -> None:
     (folder / RANK_PATTERN_FILE).write_text(json.dumps(pattern, indent=1, sort_keys=True))
 
 
+def memory(spec: Any, shape: mp.ModelShape, e: int, autocast: bool) -> mp.Adaptation:
+    """What this method adds to a model's memory, for `runner plan --gpu-memory` (runner/memory_plan.py)."""
+    targets = mp.adapted_linears(spec.target_modules, shape)
+    # P (init_r × in), Q (out × init_r) and the singular values E (init_r); ranknum is frozen.
+    sizes, saved, masked = mp.lora_shaped(shape, targets, spec.init_r, spec.dropout, 4, e, False, autocast, extra_per_matrix=1)
+    params = sum(sizes) * shape.layers
+    # peft's forward adds ‖PᵀP − I‖ + ‖QQᵀ − I‖ whenever the output has a loss (trl's fused one
+    # included, though trl then drops the term); under autocast both products keep bfloat16
+    # copies of P and Q, transposed and not: 4 bytes per element of P and Q.
+    penalty = 4 * (params - sum(sizes[2::3]) * shape.layers) if autocast else 0
+    return mp.Adaptation(
+        tuple(sizes * shape.layers), 4, saved, masked, min(mp.LAYER_POSITIONS[n] for n in targets), importance_copies=3,
+        autocast_copies=mp.autocast_copies(params, 4, autocast), penalty_copies=penalty,
+    )
+
+
 register(
     "adalora",
     Method(
@@ -202,5 +219,6 @@ register(
         trainer_callbacks=trainer_callbacks,
         save_trained=save_trained,
         mergeable=True,
+        memory=memory,
     ),
 )

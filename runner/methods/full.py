@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+from runner import memory_plan as mp
 from runner.methods import Method, MethodContext, register
 from runner.spec import Spec
 
@@ -58,4 +59,16 @@ def load_trained(model: Any, folder: Path, spec: FullSpec) -> Any:
     return AutoModelForCausalLM.from_pretrained(str(folder), dtype=model.dtype).to(model.device)
 
 
-register("full", Method(spec=FullSpec, apply=apply, trains=True, save_trained=save_trained, load_trained=load_trained))
+def memory(spec: Any, shape: mp.ModelShape, e: int, autocast: bool) -> mp.Adaptation:
+    """What this method adds to a model's memory, for `runner plan --gpu-memory` (runner/memory_plan.py)."""
+    sizes = shape.parameter_sizes()
+    if spec.freeze_embeddings:
+        sizes = sizes[1:]  # the embedding comes first; a tied head is the same matrix, frozen with it
+    # On a GPU a half-precision base becomes float32 master weights (see `apply`), and autocast keeps
+    # a bfloat16 copy of each linear weight it multiplies by during the step.
+    master = e < 4
+    copies = 2 * sum(shape.linear_sizes()) if master and autocast else 0
+    return mp.Adaptation(tuple(sizes), 4, full=True, float32_weights=master, autocast_copies=copies)
+
+
+register("full", Method(spec=FullSpec, apply=apply, trains=True, save_trained=save_trained, load_trained=load_trained, memory=memory))

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import ValidationInfo, field_validator
 
 from runner.errors import UserError
+from runner import memory_plan as mp
 from runner.methods import Method, MethodContext, ModuleNames, register, require_modules
 from runner.spec import Spec
 
@@ -86,4 +87,32 @@ def apply(model: Any, spec: Ia3Spec, context: MethodContext) -> Any:
     return get_peft_model(model, config)
 
 
-register("ia3", Method(spec=Ia3Spec, apply=apply, trains=True, mergeable=True))
+# peft 0.21's TRANSFORMERS_MODELS_TO_IA3_{TARGET,FEEDFORWARD}_MODULES_MAPPING for the known
+# architectures (copied, since importing peft imports torch; a test compares them with peft's).
+IA3_DEFAULTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "llama": (("k_proj", "v_proj", "down_proj"), ("down_proj",)),
+    "mistral": (("k_proj", "v_proj", "down_proj"), ("down_proj",)),
+    "gemma": (("q_proj", "v_proj", "down_proj"), ("down_proj",)),
+    "gemma2": (("q_proj", "v_proj", "down_proj"), ("down_proj",)),
+    "gemma3_text": (("q_proj", "v_proj", "down_proj"), ("down_proj",)),
+}
+
+
+def memory(spec: Any, shape: mp.ModelShape, e: int, autocast: bool) -> mp.Adaptation:
+    """What this method adds to a model's memory, for `runner plan --gpu-memory` (runner/memory_plan.py)."""
+    defaults = IA3_DEFAULTS.get(shape.model_type, ((), ()))
+    targets = [n for n in shape.linears() if n in (spec.target_modules or defaults[0])]
+    feedforward = spec.feedforward_modules if spec.feedforward_modules is not None else [n for n in defaults[1] if n in targets]
+    sizes, saved = [], 0
+    for name in targets:
+        w_in, w_out = shape.linears()[name]
+        if name in feedforward:
+            sizes.append(w_in)
+            saved += w_in * 4  # the input, cast to the vectors' float32, scaled before the frozen layer
+        else:
+            sizes.append(w_out)
+            saved += w_out * e  # the frozen layer's output, scaled after it
+    return mp.Adaptation(tuple(sizes * shape.layers), 4, saved, 0, min(mp.LAYER_POSITIONS[n] for n in targets))
+
+
+register("ia3", Method(spec=Ia3Spec, apply=apply, trains=True, mergeable=True, memory=memory))

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from runner import memory_plan as mp
 from runner.methods import Method, MethodContext, TargetModules, peft_target_modules, register, require_modules
 from runner.spec import Spec
 
@@ -58,4 +59,14 @@ def apply(model: Any, spec: LoraSpec, context: MethodContext) -> Any:
     return get_peft_model(model, lora_config(spec, model))
 
 
-register("lora", Method(spec=LoraSpec, apply=apply, trains=True, mergeable=True))
+def memory(spec: Any, shape: mp.ModelShape, e: int, autocast: bool) -> mp.Adaptation:
+    """What this method adds to a model's memory, for `runner plan --gpu-memory` (runner/memory_plan.py)."""
+    targets = mp.adapted_linears(spec.target_modules, shape)
+    sizes, saved, masked = mp.lora_shaped(shape, targets, spec.r, spec.dropout, 4, e, False, autocast)
+    if spec.dora:
+        sizes += [shape.linears()[n][1] for n in targets]
+    params = sum(sizes) * shape.layers
+    return mp.Adaptation(tuple(sizes * shape.layers), 4, saved, masked, min(mp.LAYER_POSITIONS[n] for n in targets), autocast_copies=mp.autocast_copies(params, 4, autocast))
+
+
+register("lora", Method(spec=LoraSpec, apply=apply, trains=True, mergeable=True, memory=memory))

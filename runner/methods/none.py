@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from runner import memory_plan as mp
 from runner.methods import Method, MethodContext, register
 from runner.spec import Spec
 
@@ -19,4 +20,9 @@ def apply(model: Any, spec: NoneSpec, context: MethodContext) -> Any:
     return model
 
 
-register("none", Method(spec=NoneSpec, apply=apply, trains=False))
+def memory(spec: Any, shape: mp.ModelShape, e: int, autocast: bool) -> mp.Adaptation:
+    """What this method adds to a model's memory, for `runner plan --gpu-memory` (runner/memory_plan.py)."""
+    return mp.Adaptation()
+
+
+register("none", Method(spec=NoneSpec, apply=apply, trains=False, memory=memory))

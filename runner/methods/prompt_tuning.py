@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
+from runner import memory_plan as mp
 from runner.methods import Method, MethodContext, register
 from runner.spec import Spec
 
@@ -138,6 +139,12 @@ def prompt_overhead(spec: PromptTuningSpec) -> int:
     return spec.num_virtual_tokens
 
 
+def memory(spec: Any, shape: mp.ModelShape, e: int, autocast: bool) -> mp.Adaptation:
+    """What this method adds to a model's memory, for `runner plan --gpu-memory` (runner/memory_plan.py)."""
+    n = spec.num_virtual_tokens
+    return mp.Adaptation((n * shape.hidden,), 4, extra_tokens=n, eval_adapter=n * shape.hidden * 4)
+
+
 register(
     "prompt_tuning",
     Method(
@@ -149,5 +156,6 @@ register(
         # peft's forward puts the virtual tokens in front of every input it is given: a prompt run in
         # two pieces (the batch's shared prefix, then each row's remainder) would get them twice.
         shares_prompt_prefix=False,
+        memory=memory,
     ),
 )

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationInfo, field_validator
 
+from runner import memory_plan as mp
 from runner.methods import Method, MethodContext, register
 from runner.methods.lora import LoraSpec, lora_config
 
@@ -142,6 +143,19 @@ def _record(spec: QloraSpec) -> dict[str, Any]:
     return {"adapter_merged_for_eval": False, "base_quantized": base}
 
 
+def memory(spec: Any, shape: mp.ModelShape, e: int, autocast: bool) -> mp.Adaptation:
+    """What this method adds to a model's memory, for `runner plan --gpu-memory` (runner/memory_plan.py)."""
+    targets = mp.adapted_linears(spec.target_modules, shape)
+    # trl casts a quantized model's adapters to bfloat16 and runner/methods/qlora.py keeps them in the compute dtype.
+    ea = mp.dtype_bytes(spec.compute_dtype)
+    sizes, saved, masked = mp.lora_shaped(shape, targets, spec.r, spec.dropout, ea, e, True, autocast)
+    adapter = sum(sizes) * shape.layers * ea
+    return mp.Adaptation(
+        tuple(sizes * shape.layers), ea, saved, masked, min(mp.LAYER_POSITIONS[n] for n in targets), bits=spec.bits,
+        double_quant=spec.double_quant, eval_adapter=adapter,
+    )
+
+
 register(
     "qlora",
     Method(
@@ -153,5 +167,6 @@ register(
         trainer_callbacks=trainer_callbacks,
         load_trained=load_trained,
         record=_record,
+        memory=memory,
     ),
 )
