@@ -1,4 +1,7 @@
-"""`python -m runner`: validate | schema | plan | run | score | verify | pull | expand | k8s | data. Thin: heavy imports happen inside."""
+"""`python -m runner` (installed as `qabench`): validate | schema | plan | run | score | verify | pull | expand | k8s | data.
+
+Thin: heavy imports happen inside the commands.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from runner.console import error, log
 from runner.errors import EXIT_DAMAGED, InfraError, UserError
@@ -26,10 +30,11 @@ def _is_grid(path: Path) -> bool:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from runner.manifest import check_manifest, fetch_command, manifest_files, shot_notes, unfetched_data
+    from runner.manifest import check_manifest, fetch_command, manifest_files, parse_overrides, shot_notes, unfetched_data
     from runner.model_spec import remote_code_warnings
     from runner.prompt_style import describe as describe_style
 
+    overrides = parse_overrides(args.set)
     files = manifest_files([Path(p) for p in args.paths])
     missing = [p for p in args.paths if not Path(p).exists()]
     problems = [f"{p}: no such file or folder" for p in missing]
@@ -48,7 +53,7 @@ def _validate(args: argparse.Namespace) -> int:
     manifests = [f for f in files if f not in grids]
     for file in manifests:
         if file.exists():
-            loaded, found = check_manifest(file)
+            loaded, found = check_manifest(file, overrides=overrides)
             problems += [str(p) for p in found]
             unfetched.update(unfetched_data(loaded) if loaded else [])
             notes += shot_notes(loaded) if loaded else []
@@ -88,17 +93,18 @@ def _schema(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from runner import distributed, preemption
-    from runner.manifest import load_manifest
+    from runner.manifest import load_manifest, parse_overrides
     from runner.run import run
     from runner.training_stage import TrainingBusy
 
     preemption.install()
+    overrides = parse_overrides(args.set)
     # Every manifest is validated before the first one runs: a typo in the last must not wait hours.
-    manifests = [load_manifest(Path(path)) for path in args.manifests]
+    manifests = [load_manifest(Path(path), overrides=overrides) for path in args.manifests]
     deferred = []
     for position, loaded in enumerate(manifests):
         if loaded.manifest.devices > 1 and distributed.world_size() == 1:
-            code = distributed.launch(loaded.path, args.storage, loaded.manifest.devices)
+            code = distributed.launch(loaded.path, args.storage, loaded.manifest.devices, loaded.overrides)
             if code != 0:
                 return code
             continue
@@ -114,9 +120,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from runner.manifest import load_manifest, manifest_files
+    from runner.manifest import load_manifest, manifest_files, parse_overrides
     from runner.plan import build_plan, render_text
 
+    overrides = parse_overrides(args.set)
     files = manifest_files([Path(p) for p in args.paths])
     missing = [p for p in args.paths if not Path(p).exists()]
     if missing:
@@ -125,7 +132,7 @@ def _plan(args: argparse.Namespace) -> int:
         raise UserError("no manifest files (*.yaml, *.yml) found")
     if args.schedule and (args.gpu_memory is not None or args.prompt_tokens is not None):
         raise UserError("--gpu-memory and --prompt-tokens apply to the plan, not to --schedule (a list of manifests)")
-    manifests = [load_manifest(file, check_files=not args.schedule) for file in files if not _is_grid(file)]
+    manifests = [load_manifest(file, check_files=not args.schedule, overrides=overrides) for file in files if not _is_grid(file)]
     plan = build_plan(manifests, args.storage, resolve=not args.schedule)
     memory = None
     if args.gpu_memory is not None:
@@ -239,13 +246,14 @@ def _expand(args: argparse.Namespace) -> int:
 
 
 def _k8s(args: argparse.Namespace) -> int:
-    from runner.k8s import collect, job_names, job_settings, render
+    from runner.k8s import collect, job_names, job_settings, render, render_notes
 
     folder = Path(args.folder)
     settings = job_settings(
         folder, args.image, args.storage, name=args.name, mount_path=args.mount_path, parallelism=args.parallelism,
         retries=args.retries, secrets=args.secret, secret_keys=args.secret_key, namespace=args.namespace,
-        data_claim=args.data_claim, model_cache_claim=args.model_cache_claim,
+        data_claim=args.data_claim, model_cache_claim=args.model_cache_claim, cpus_per_gpu=args.cpus_per_gpu, cpu=args.cpu,
+        memory=args.memory, ephemeral_storage=args.ephemeral_storage, gpu_product=args.gpu_product, node_selectors=args.node_selector,
     )
     manifests = collect(folder)
     text = render(manifests, settings)
@@ -256,17 +264,43 @@ def _k8s(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     write_atomic(out, text)
-    print(f"{out}: ConfigMap and Indexed Job {', '.join(job_names(manifests, settings).values())}; kubectl apply -f {out}")
+    for note in render_notes(manifests, settings):  # the file's header holds them too: all a reader of stdout gets
+        error(f"note: {note}")
+    print(f"{out}: ConfigMap, NetworkPolicy and Indexed Job {', '.join(job_names(manifests, settings).values())}; kubectl apply --server-side -f {out}")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Version(argparse.Action):
+    """`--version`: the package version and the commit, printed when asked (no git call otherwise)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="print the qabench version and git commit, then exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string: str | None = None) -> None:
+        from runner.provenance import version
+
+        print(version())
+        parser.exit(0)
+
+
+def _add_overrides(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--set", action="append", metavar="FIELD=VALUE",
+        help="replace a manifest field for this command, e.g. --set decoding.batch_size=4 (VALUE is YAML: 4, true, "
+        "[a, b], {kind: lora}); repeatable, applied to every manifest given and checked like the file; "
+        "recorded in the run's provenance.json",
+    )
+
+
+def build_parser(prog: str = "python -m runner") -> argparse.ArgumentParser:
     """The command-line interface."""
-    parser = argparse.ArgumentParser(prog="python -m runner", description="Run and check qabench experiments.")
+    parser = argparse.ArgumentParser(prog=prog, description="Run and check qabench experiments.")
+    parser.add_argument("--version", action=_Version)
     commands = parser.add_subparsers(dest="command", required=True)
 
     validate = commands.add_parser("validate", help="check manifests; every problem as FILE:LINE: field: message")
     validate.add_argument("paths", nargs="+", help="manifest files or folders (searched recursively)")
+    _add_overrides(validate)
     validate.set_defaults(handler=_validate)
 
     schema = commands.add_parser("schema", help="print the manifest JSON schema")
@@ -276,12 +310,14 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run manifests (skips finished runs, resumes interrupted ones)")
     run.add_argument("manifests", nargs="+")
     run.add_argument("--storage", help="storage: a folder (relative to the working folder), file:///absolute/path or s3://bucket/prefix; overrides output.storage; default runs/")
+    _add_overrides(run)
     run.set_defaults(handler=_run)
 
     plan = commands.add_parser("plan", help="the stage graph: distinct trainings and evaluations, done, partly done or pending")
     plan.add_argument("paths", nargs="+", help="manifest files or folders (searched recursively)")
     plan.add_argument("--storage", help="storage URI to check (default: each manifest's output.storage, else QABENCH_STORAGE, else runs/)")
     plan.add_argument("--json", action="store_true", help="machine-readable plan")
+    _add_overrides(plan)
     plan.add_argument(
         "--schedule", action="store_true",
         help="print the manifests in run order (each training's first user first); reads no data, hub or storage",
@@ -349,6 +385,15 @@ def build_parser() -> argparse.ArgumentParser:
         "downloaded once; concurrent downloads are safe (huggingface_hub locks each file)",
     )
     k8s.add_argument("--mount-path", help="where the manifests appear in the pod (default /app/<folder>, its place in the image)")
+    k8s.add_argument("--cpus-per-gpu", type=int, metavar="N", help="CPUs requested per GPU of a pod (default 8)")
+    k8s.add_argument("--cpu", metavar="QUANTITY", help="CPUs per pod of every Job instead, e.g. 12 or 7500m")
+    k8s.add_argument("--memory", metavar="QUANTITY", help="memory per pod of every Job, e.g. 64Gi (default: from the manifests' model sizes)")
+    k8s.add_argument(
+        "--ephemeral-storage", metavar="QUANTITY",
+        help="local disk per pod of every Job, e.g. 200Gi (default: model downloads, checkpoints and outputs from the manifests)",
+    )
+    k8s.add_argument("--gpu-product", metavar="NAME", help="run only on nodes with this GPU (label nvidia.com/gpu.product), e.g. NVIDIA-H100-80GB-HBM3")
+    k8s.add_argument("--node-selector", action="append", metavar="KEY=VALUE", help="node label every pod's node must carry; repeatable")
     k8s.add_argument("--out", help="write here instead of to stdout")
     k8s.set_defaults(handler=_k8s)
 
@@ -374,9 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m runner") -> int:
     """Entry point; maps user mistakes to exit 2 and infrastructure failures to exit 3."""
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     try:
         return args.handler(args)
     except UserError as exc:
@@ -389,3 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         error("interrupted; completed shards are kept and a rerun resumes")
         return 130
+
+
+def qabench() -> int:
+    """The installed `qabench` command (pyproject's console script): `python -m runner` under its own name."""
+    return main(prog="qabench")

@@ -55,7 +55,7 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def launch(manifest: Path, storage: str | None, devices: int) -> int:
+def launch(manifest: Path, storage: str | None, devices: int, overrides: Sequence[object] = ()) -> int:
     """Run one manifest as `devices` processes under torchrun; the worst rank's exit code.
 
     A SIGTERM to this process reaches every worker through torchrun, which then waits the pod's
@@ -77,6 +77,8 @@ def launch(manifest: Path, storage: str | None, devices: int) -> int:
         ]
         if storage:
             command += ["--storage", storage]
+        for override in overrides:  # each rank reads the manifest itself, so it needs the same `--set`s
+            command += ["--set", str(override)]
         log(f"data parallel over {devices} processes")
         # Its own session: a signal meant for this process group (a terminal's Ctrl-C) reaches
         # torchrun only through this launcher, once; and torchrun hears of this launcher's death.

@@ -43,12 +43,14 @@ def record_start(context: RunContext) -> None:
 
 
 def record_provenance(context: RunContext, device: str) -> None:
-    """provenance.json: code, packages, device, model, data (with the evaluated ids) and the stages used."""
+    """provenance.json: code, packages, device, model, data (with the evaluated ids), the stages used and the `--set` overrides."""
     from runner import provenance
 
     record = provenance.collect(device, context.model.as_dict(), {**context.data.train_hashes, **context.data.eval_hashes}, context.keys.digest)
     record["eval_sample"] = context.data.eval_sample
     record["training"] = context.training.keys.digest if context.training else None
+    # The resolved manifest (manifest.yaml) holds their values; this says they came from the command line.
+    record["overrides"] = [str(override) for override in context.loaded.overrides]
     if context.draft is not None:
         record["draft"] = context.draft.fingerprint
     context.store.write_bytes(context.keys.provenance, json.dumps(record, indent=2).encode())

@@ -6,17 +6,18 @@ Importing this module must stay cheap (no torch): `runner validate` runs in a se
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import string
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, NamedTuple, Protocol, Union
 
 from pydantic import Discriminator, Field, Tag, ValidationError, ValidationInfo, field_validator, model_validator
 
 from runner.decoding import DECODINGS
-from runner.errors import ManifestError, Problem
+from runner.errors import ManifestError, Problem, UserError
 from runner.methods import METHODS
 from runner.model_spec import ModelSpec
 from runner.paths import TRAININGS
@@ -24,7 +25,7 @@ from runner.readers import READERS, read_split, split_file
 from runner.scoring import SCORERS
 from runner.spec import EXAMPLES_MAX, STEPS_MAX, Seed, Spec
 from runner.storage_uri import storage_problem
-from runner.yaml_lines import LineIndex, parse_yaml, read_text
+from runner.yaml_lines import LineIndex, parse_value, parse_yaml, read_text
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -334,12 +335,114 @@ class Manifest(Spec):
         return value
 
 
+class Override(NamedTuple):
+    """One `--set FIELD=VALUE` of `run`, `validate` or `plan`: a field of the manifest replaced for this command."""
+
+    path: str
+    """Dotted manifest path, e.g. `decoding.batch_size` (a number picks an item of a list)."""
+    value: str
+    """The value as written, read as YAML like the file: `4`, `true`, `[a, b]`, `{kind: lora}`."""
+
+    def __str__(self) -> str:
+        return f"{self.path}={self.value}"
+
+
+_PATH_PART = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]*|[0-9]+)$")
+
+
+def parse_overrides(texts: list[str] | None) -> tuple[Override, ...]:
+    """`--set` arguments as overrides, in order; UserError naming each malformed one (before any manifest is read)."""
+    overrides, problems = [], []
+    for text in texts or []:
+        path, equals, value = text.partition("=")
+        if not equals:
+            problems.append(f"--set {text}: expected FIELD=VALUE, e.g. --set decoding.batch_size=4")
+            continue
+        if not all(_PATH_PART.match(part) for part in path.split(".")):
+            problems.append(f"--set {text}: {path!r} is not a dotted manifest field like decoding.batch_size")
+            continue
+        _, why = parse_value(value)
+        if why:
+            problems.append(f"--set {text}: {why}")
+            continue
+        overrides.append(Override(path, value))
+    if problems:
+        raise UserError(problems)
+    return tuple(overrides)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, list):
+        return f"a list of {len(value)} item(s)"
+    shown = json.dumps(value)
+    return shown if len(shown) <= 40 else shown[:37] + "..."
+
+
+def _apply(data: dict[str, Any], override: Override) -> str | None:
+    """Set one override's value in a parsed manifest; why it cannot be set, or None.
+
+    Sections the file leaves out are created (`--set train.steps=5` without a `train:` block).
+    Every mapping and list on the path is copied first: YAML aliases may share one between sections.
+    """
+    value, why = parse_value(override.value)
+    if why:
+        return why
+    parts = override.path.split(".")
+    node: Any = data
+    for depth, part in enumerate(parts):
+        above = ".".join(parts[:depth])
+        key: Any = part
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                return f"{above} is {_describe(node)}; {part} is not a position in it (the first is 0)"
+            key = int(part)
+        elif not isinstance(node, dict):
+            return f"{above} is {_describe(node)}, not a mapping, so {override.path} cannot be set"
+        if depth == len(parts) - 1:
+            node[key] = value
+            return None
+        child = node[key] if isinstance(node, list) else node.get(key)
+        if child is None:
+            child = {}
+        elif isinstance(child, (dict, list)):
+            child = copy.copy(child)
+        node[key] = child
+        node = child
+    return None
+
+
+class Locator(Protocol):
+    """Says where a field of a manifest was written: (line, dotted field)."""
+
+    def locate(self, loc: tuple[Any, ...]) -> tuple[int | None, str]: ...
+
+
+@dataclass(frozen=True)
+class _OverriddenIndex:
+    """Locates a problem of a manifest read with overrides: a field an override set is named by the
+    override (no line of the file holds its value); every other field by its line in the file."""
+
+    index: LineIndex
+    overrides: tuple[Override, ...]
+
+    def locate(self, loc: tuple[Any, ...]) -> tuple[int | None, str]:
+        parts = tuple(str(part) for part in loc)
+        for override in reversed(self.overrides):  # the last override of a field is the one that holds
+            path = tuple(override.path.split("."))
+            if parts and (parts[: len(path)] == path or path[: len(parts)] == parts):
+                deeper = ".".join(parts[len(path):])
+                return None, f"--set {override}" + (f": {override.path}.{deeper}" if deeper else "")
+        return self.index.locate(loc)
+
+
 @dataclass(frozen=True)
 class LoadedManifest:
     """A validated manifest together with where it came from."""
 
     manifest: Manifest
     path: Path
+    overrides: tuple[Override, ...] = ()
+    """The `--set` overrides applied on top of the file, in order; `manifest` holds their values."""
 
     @property
     def base_dir(self) -> Path:
@@ -494,7 +597,7 @@ def fetch_command(files: list[Path]) -> str:
     return f"python -m runner data fetch {datasets}{wanted} --to {root}"
 
 
-def _data_problems(loaded: LoadedManifest, index: LineIndex, shown: str) -> list[Problem]:
+def _data_problems(loaded: LoadedManifest, index: Locator, shown: str) -> list[Problem]:
     """The data root and every split file exist (fetchable official files excepted, see `unfetched_data`)."""
     data = loaded.manifest.data
     reader = READERS.get(data.format)
@@ -554,7 +657,7 @@ def shot_notes(loaded: LoadedManifest) -> list[str]:
     ]
 
 
-def _shot_problems(loaded: LoadedManifest, index: LineIndex, shown: str) -> list[Problem]:
+def _shot_problems(loaded: LoadedManifest, index: Locator, shown: str) -> list[Problem]:
     """The train split holds at least as many examples as shots (the evaluated questions are never in it)."""
     sizes, problems = train_pool_sizes(loaded)
     shots = loaded.manifest.icl.shots
@@ -564,7 +667,7 @@ def _shot_problems(loaded: LoadedManifest, index: LineIndex, shown: str) -> list
     return problems
 
 
-def _format_problems(loaded: LoadedManifest, index: LineIndex, shown: str) -> list[Problem]:
+def _format_problems(loaded: LoadedManifest, index: Locator, shown: str) -> list[Problem]:
     """Malformed rows of the evaluated files, and datasets whose evaluated rows the protocol cannot
     answer (formats read from the files of datasets the format table does not know, e.g. JSONL)."""
     from runner.protocols import PROTOCOLS
@@ -605,7 +708,7 @@ def _folder_problem(loaded: LoadedManifest, relative: str, marker: tuple[str, ..
     return None
 
 
-def _model_problems(loaded: LoadedManifest, index: LineIndex, shown: str, seen: frozenset[Path]) -> list[Problem]:
+def _model_problems(loaded: LoadedManifest, index: Locator, shown: str, seen: frozenset[Path]) -> list[Problem]:
     """Model folders exist; a draft's saved adapter exists; a draft manifest is itself valid (no cycles)."""
     problems = []
     manifest = loaded.manifest
@@ -639,14 +742,23 @@ def _model_problems(loaded: LoadedManifest, index: LineIndex, shown: str, seen: 
     return problems
 
 
-def _check(path: Path, check_files: bool, seen: frozenset[Path]) -> tuple[LoadedManifest | None, list[Problem]]:
+def _check(
+    path: Path, check_files: bool, seen: frozenset[Path], overrides: tuple[Override, ...] = ()
+) -> tuple[LoadedManifest | None, list[Problem]]:
     shown = str(path)
     text, problems = read_text(path)
     if text is None:
         return None, problems
-    data, index, problems = _parse_manifest_yaml(path, text)
-    if index is None:
+    data, parsed, problems = _parse_manifest_yaml(path, text)
+    if parsed is None:
         return None, problems
+    index: Locator = parsed
+    if overrides:
+        # Applied to the data before validation, so an override meets the same schema and cross-checks as the file.
+        unset = [Problem(why, shown, None, f"--set {override}") for override in overrides if (why := _apply(data, override))]
+        if unset:
+            return None, problems + unset
+        index = _OverriddenIndex(parsed, overrides)
     manifest, found = content_problems(data)
     # A value the YAML check already refused (`1:30`) would fail its field's type too: say it once.
     refused = {(p.line, p.field) for p in problems}
@@ -656,25 +768,29 @@ def _check(path: Path, check_files: bool, seen: frozenset[Path]) -> tuple[Loaded
             problems.append(Problem(message, shown, line, field or None))
     if manifest is None:
         return None, problems
-    loaded = LoadedManifest(manifest=manifest, path=path.resolve())
+    loaded = LoadedManifest(manifest=manifest, path=path.resolve(), overrides=overrides)
     if check_files:
         problems += _model_problems(loaded, index, shown, seen | {loaded.path}) + _data_problems(loaded, index, shown)
         problems += [] if problems else _shot_problems(loaded, index, shown) + _format_problems(loaded, index, shown)
     return (None if problems else loaded), problems
 
 
-def check_manifest(path: Path, check_files: bool = True) -> tuple[LoadedManifest | None, list[Problem]]:
+def check_manifest(
+    path: Path, check_files: bool = True, overrides: tuple[Override, ...] = ()
+) -> tuple[LoadedManifest | None, list[Problem]]:
     """Validate one manifest file; return it (when valid) and every problem found, each at its line.
 
     `check_files=False` checks the content only (no data files, model folders or referenced
-    manifests), for manifests that will run on another host.
+    manifests), for manifests that will run on another host. `overrides` replace fields of the
+    file before it is validated (`--set`); a problem in a field one of them set names the override
+    instead of a line. A draft's `manifest:` is read as written, without them.
     """
-    return _check(Path(path), check_files, frozenset())
+    return _check(Path(path), check_files, frozenset(), tuple(overrides))
 
 
-def load_manifest(path: Path, check_files: bool = True) -> LoadedManifest:
-    """Load and validate a manifest, raising ManifestError with every problem."""
-    loaded, problems = check_manifest(Path(path), check_files)
+def load_manifest(path: Path, check_files: bool = True, overrides: tuple[Override, ...] = ()) -> LoadedManifest:
+    """Load and validate a manifest (with `--set` overrides, if any), raising ManifestError with every problem."""
+    loaded, problems = check_manifest(Path(path), check_files, overrides)
     if problems or loaded is None:
         raise ManifestError(problems)
     return loaded
@@ -697,5 +813,14 @@ def resolved_dict(manifest: Manifest) -> dict[str, Any]:
 
 
 def json_schema() -> dict[str, Any]:
-    """JSON schema of the manifest."""
-    return Manifest.model_json_schema()
+    """JSON schema of the manifest; `manifests/schema.json`, which editors find through each manifest's first line."""
+    schema = Manifest.model_json_schema()
+    # `kind` chooses a union's member. A decoding block without one is greedy, so every other member
+    # must name itself: otherwise `decoding: {batch_size: 8}` fits greedy, sample and prompt_lookup
+    # alike and an editor flags the schema's oneOf, where the runner reads greedy.
+    for registry, default in ((METHODS, None), (DECODINGS, "greedy")):
+        for kind, record in registry.discover().items():
+            spec = schema["$defs"][record.spec.__name__]
+            if kind != default and "kind" not in spec.get("required", []):
+                spec["required"] = ["kind", *spec.get("required", [])]
+    return schema

@@ -29,6 +29,15 @@ def git_sha() -> str | None:
         return None
 
 
+def version() -> str:
+    """`qabench <version> (git <sha>)` for `--version`: the installed package and the commit, `unknown` where not known."""
+    try:
+        installed = metadata.version("qabench")
+    except metadata.PackageNotFoundError:
+        installed = "unknown"
+    return f"qabench {installed} (git {git_sha() or 'unknown'})"
+
+
 def package_versions() -> dict[str, str | None]:
     """Installed versions of the packages that decide a result."""
     versions: dict[str, str | None] = {}

@@ -127,7 +127,9 @@ def _train(stage: TrainingStage, store: Store, lease: Lease | None) -> dict[str,
     checkpoint_dir, log_path = store.local_dir(keys.checkpoints), store.local_dir(keys.prefix) / TRAIN_LOG_FILE
     if distributed.is_main():
         restore_training(store, keys, checkpoint_dir, log_path)  # a fresh host continues from storage
-        store.write_bytes(keys.provenance, json.dumps(provenance.collect(base.device, base.identity.as_dict(), stage.data_hashes, keys.digest), indent=2).encode())
+        facts = provenance.collect(base.device, base.identity.as_dict(), stage.data_hashes, keys.digest)
+        facts["overrides"] = [str(override) for override in stage.loaded.overrides]  # of the manifest that trained it
+        store.write_bytes(keys.provenance, json.dumps(facts, indent=2).encode())
     tensorboard = restore_tensorboard(store, keys) if "tensorboard" in manifest.train.report_to and distributed.is_main() else None
     trackers = [tensorboard_callback(tensorboard)] if tensorboard is not None else []
     distributed.barrier()

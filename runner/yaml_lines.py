@@ -265,6 +265,31 @@ def load_yaml(text: str) -> Any:
         loader.dispose()
 
 
+def parse_value(text: str) -> tuple[Any, str | None]:
+    """A value written on its own (`4`, `true`, `[a, b]`, `{kind: lora}`) under the rules `parse_yaml`
+    checks, and None; or (None, why it is refused). Empty text is null, as after `key:` in a file."""
+    try:
+        root = _compose(text)
+    except yaml.YAMLError as exc:
+        return None, _yaml_problem(exc, "").message
+    except RecursionError:
+        return None, "invalid YAML: nested too deeply"
+    if root is None:
+        return None, None
+    size = expanded_size(root)
+    if size is None or size > MAX_NODES:
+        return None, f"invalid YAML: aliases (*name) expand past {MAX_NODES:,} values or refer to themselves"
+    found, _ = node_problems(root)
+    if found:
+        return None, found[0][2]
+    try:
+        return load_yaml(text), None
+    except yaml.YAMLError as exc:
+        return None, _yaml_problem(exc, "").message
+    except RecursionError:
+        return None, "invalid YAML: nested too deeply"
+
+
 def _yaml_problem(exc: yaml.YAMLError, shown: str) -> Problem:
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     line = mark.line + 1 if mark is not None else 1

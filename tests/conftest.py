@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -14,6 +15,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+"""Headless Chromium, which renders report.html in the HTML tests; None skips them with NO_CHROMIUM."""
+NO_CHROMIUM = (
+    "chromium is not installed: `sudo apt-get install chromium` (Debian/Ubuntu; `just setup` does it when run as root "
+    "or with password-less sudo), or put a Chromium on PATH as `chromium` or `chromium-browser`"
+)
 
 SYNTHETIC = ["synthetic_yes_no", "synthetic_multiple_choice", "synthetic_extractive", "synthetic_abstractive"]
 

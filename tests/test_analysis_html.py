@@ -1,10 +1,9 @@
-"""report.html renders in headless Chromium (Debian's `chromium`, installed by `just setup`) with
+"""report.html renders in headless Chromium (Debian's `chromium`; see NO_CHROMIUM in conftest.py) with
 every embedded figure decoded, offline: the page references nothing outside itself."""
 
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,10 +12,9 @@ import pytest
 
 from analysis.report import write_report
 from bench.synthetic_runs import write_sample
+from conftest import CHROMIUM, NO_CHROMIUM
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (`just setup` installs Debian's chromium package)")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
 
 # Everything that could reach a network or a desktop session off; --no-sandbox because CI runs as root.
 FLAGS = (

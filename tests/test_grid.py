@@ -186,6 +186,19 @@ def test_expand_replaces_only_its_own_files_and_check_reports_stale_ones(tmp_pat
     assert "gemma-none.yaml: differs" in capsys.readouterr().err
 
 
+def test_expanded_manifests_name_the_schema_beside_the_grid_and_are_still_replaced_as_generated(tmp_path, capsys):
+    grid, out = tmp_path / "grid.yaml", tmp_path / "generated" / "study"
+    grid.write_text(BAD_GRID.replace("r: 0", "r: 8"))
+    (tmp_path / "schema.json").write_text("{}\n")
+    assert main(["expand", str(grid), "--out", str(out)]) == 0
+    for file in out.iterdir():
+        first, second = file.read_text().splitlines()[:2]
+        assert first == "# yaml-language-server: $schema=../../schema.json" and second.startswith(GENERATED)
+    grid.write_text(BAD_GRID.replace("r: 0", "r: 8") + "exclude:\n  - {model: llama}\n")
+    assert main(["expand", str(grid), "--out", str(out)]) == 0
+    assert sorted(f.name for f in out.iterdir()) == ["gemma-lora.yaml", "gemma-none.yaml"], "schema-headed files are recognised as generated"
+
+
 def test_expand_refuses_to_overwrite_a_file_it_did_not_write(tmp_path, capsys):
     grid, out = tmp_path / "grid.yaml", tmp_path / "out"
     grid.write_text(BAD_GRID.replace("r: 0", "r: 8"))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import html
 import json
 import re
-import shutil
 import struct
 import subprocess
 from pathlib import Path
@@ -22,8 +21,7 @@ import pytest
 from analysis.plot_style import DPI, MAX_WIDTH_IN
 from analysis.report import write_report
 from bench.synthetic_runs import grid_runs, write_grid
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+from conftest import CHROMIUM, NO_CHROMIUM
 
 # Everything that could reach a network or a desktop session off; --no-sandbox because CI runs as root.
 FLAGS = (
@@ -68,7 +66,7 @@ window.addEventListener("load", () => {
 });
 </script></body>""".replace("FILTER", FILTER)
 
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (`just setup` installs Debian's chromium package)")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
 
 
 @pytest.fixture(scope="module")
