@@ -109,6 +109,11 @@ grid *args:
     echo "${#manifests[@]} manifest(s), ${#failed[@]} failed"
     if [ ${#failed[@]} -gt 0 ]; then printf '  %s\n' "${failed[@]}" >&2; exit 1; fi
 
+# checkov over rendered Kubernetes objects, from its own venv (.checkov/): checkov pins an older boto3 than qabench
+checkov:
+    test -x .checkov/bin/checkov || (python3 -m venv .checkov && .checkov/bin/pip install --quiet --disable-pip-version-check checkov==3.3.30)
+    QABENCH_CHECKOV="$PWD/.checkov/bin/checkov" {{python}} -m pytest -q -p no:cacheprovider tests/test_k8s.py -k checkov
+
 # a ConfigMap and an Indexed Job running every manifest of a folder on a cluster (see README)
 k8s folder image storage *flags:
     {{python}} -m runner k8s {{folder}} --image {{image}} --storage {{storage}} {{flags}}

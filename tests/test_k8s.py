@@ -577,7 +577,7 @@ def checkov_results(tmp_path_factory) -> dict:
     binary = _checkov()
     if binary is None:
         pytest.skip("checkov is not installed (it pins boto3 1.35, the project 1.44.8, so it needs its own venv: "
-                    "python3 -m venv /opt/checkov && /opt/checkov/bin/pip install checkov; then QABENCH_CHECKOV=/opt/checkov/bin/checkov)")
+                    "`just checkov`, or python3 -m venv /opt/checkov && /opt/checkov/bin/pip install checkov; then QABENCH_CHECKOV=/opt/checkov/bin/checkov)")
     root = tmp_path_factory.mktemp("checkov")
     folder = _folder_with_devices(root, {p.name: n for p, n in zip(sorted(GRID.glob("gemma-*-0-shot-greedy.yaml"))[:3], (1, 2, 4))})
     everything = root / "everything.yaml"
