@@ -109,6 +109,12 @@ grid *args:
     echo "${#manifests[@]} manifest(s), ${#failed[@]} failed"
     if [ ${#failed[@]} -gt 0 ]; then printf '  %s\n' "${failed[@]}" >&2; exit 1; fi
 
+# regenerate docker/requirements.lock (the CUDA image's every package with hashes, from PyPI) with uv from its own venv (.uv/)
+lock:
+    test -x .uv/bin/uv || (python3 -m venv .uv && .uv/bin/pip install --quiet --disable-pip-version-check uv==0.13.9)
+    # CPython 3.11 on x86_64, as docker/Dockerfile's base; PyPI's torch 2.13.0 is its CUDA 13.0 build
+    .uv/bin/uv pip compile pyproject.toml --index-url https://pypi.org/simple --python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes --custom-compile-command "just lock" --output-file docker/requirements.lock
+
 # checkov over rendered Kubernetes objects, from its own venv (.checkov/): checkov pins an older boto3 than qabench
 checkov:
     test -x .checkov/bin/checkov || (python3 -m venv .checkov && .checkov/bin/pip install --quiet --disable-pip-version-check checkov==3.3.30)

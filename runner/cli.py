@@ -13,6 +13,7 @@ from typing import Any
 
 from runner.console import error, log
 from runner.errors import EXIT_DAMAGED, InfraError, UserError
+from runner.filemodes import apply_umask_setting
 
 
 def _is_grid(path: Path) -> bool:
@@ -423,6 +424,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m runner") -> int:
     """Entry point; maps user mistakes to exit 2 and infrastructure failures to exit 3."""
     args = build_parser(prog).parse_args(argv)
     try:
+        apply_umask_setting()  # before any write; a bad QABENCH_UMASK is exit 2
         return args.handler(args)
     except UserError as exc:
         for problem in exc.problems:

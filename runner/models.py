@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from runner.errors import InfraError, UserError
+from runner.filemodes import share_tree
 
 if TYPE_CHECKING:
     from runner.manifest import LoadedManifest
@@ -112,6 +113,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     try:
         fresh.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        share_tree(staging)  # mkdtemp's 0o700 would hide the shared model cache from other users
         os.replace(staging, out_dir)
     except OSError:
         shutil.rmtree(staging, ignore_errors=True)

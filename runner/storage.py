@@ -17,6 +17,7 @@ from typing import Protocol
 
 from runner.atomic import copy_atomic, temporary_sibling, write_atomic
 from runner.errors import StorageError
+from runner.filemodes import share_tree, storage_error
 from runner.paths import check_key, is_quarantined
 from runner.storage_uri import StorageLocation, choose_storage, parse_storage
 
@@ -149,7 +150,7 @@ class LocalStore:
         try:
             return path.read_bytes()
         except OSError as exc:
-            raise StorageError(f"cannot read {path}: {exc.strerror}") from None
+            raise storage_error("read", path, exc) from None
 
     def write_bytes(self, key: str, data: bytes) -> None:
         self._write(key, data, replace=True)
@@ -170,7 +171,7 @@ class LocalStore:
                 except FileExistsError:
                     return False
         except OSError as exc:
-            raise StorageError(f"cannot write {path}: {exc.strerror}") from None
+            raise storage_error("write", path, exc) from None
 
     def list(self, prefix: str) -> list[str]:
         base = self._path(prefix, allow_root=True)
@@ -189,12 +190,22 @@ class LocalStore:
         target = self._path(key)
         if Path(folder).resolve() == target:
             # Written in place (trainer checkpoints): the marker records what the folder holds now.
+            # safetensors writes its files 0o600; the published folder is for every reader.
+            try:
+                share_tree(target)
+            except OSError as exc:
+                raise storage_error("write", target, exc) from None
             return self._write_marker(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        except OSError as exc:
+            raise storage_error("write", target, exc) from None
         try:
             shutil.copytree(folder, staging, dirs_exist_ok=True)
             checksums = self._write_marker(staging)
+            # mkdtemp's 0o700 and the modes copytree copied would hide the folder from other users.
+            share_tree(staging)
             # Move the old folder aside rather than deleting it first: a crash in between keeps one.
             retired = target.with_name(f".{target.name}.retired-{os.getpid()}")
             if target.exists():
@@ -203,7 +214,7 @@ class LocalStore:
             shutil.rmtree(retired, ignore_errors=True)
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
-            raise StorageError(f"cannot write {target}: {exc.strerror}") from None
+            raise storage_error("write", target, exc) from None
         return checksums
 
     @staticmethod
@@ -217,7 +228,7 @@ class LocalStore:
         try:
             write_atomic(folder / DIR_MARKER, json.dumps({"files": checksums, "bytes": sizes}, indent=1, sort_keys=True).encode())
         except OSError as exc:
-            raise StorageError(f"cannot write {folder / DIR_MARKER}: {exc.strerror}") from None
+            raise storage_error("write", folder / DIR_MARKER, exc) from None
         return checksums
 
     def verify_dir(self, key: str, deep: bool = False) -> list[str]:
@@ -252,7 +263,7 @@ class LocalStore:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(source, target)  # a rename: the object is kept, under its quarantine name
         except OSError as exc:
-            raise StorageError(f"cannot move {source} to {target}: {exc.strerror}") from None
+            raise storage_error(f"move {source} to", target, exc) from None
         return True
 
     def quarantine_dir(self, key: str, dest: str) -> bool:
@@ -268,7 +279,10 @@ class LocalStore:
 
     def local_dir(self, key: str) -> Path:
         path = self._path(key)
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise storage_error("write", path, exc) from None
         return path
 
     def sync_down(self, key: str) -> Path:
@@ -281,7 +295,7 @@ class LocalStore:
             try:
                 copy_atomic(self._path(key), Path(dest) / relative)
             except OSError as exc:
-                raise StorageError(f"cannot copy {self._path(key)} to {Path(dest) / relative}: {exc.strerror}") from None
+                raise storage_error(f"copy {self._path(key)} to", Path(dest) / relative, exc) from None
         return keys
 
     def publish_pending(self, prefix: str) -> list[str]:
