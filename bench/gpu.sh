@@ -76,7 +76,8 @@ run_section() {
   echo "[$((SECONDS - start))s] $name: $status"
 }
 
-# run_tier CAP NEED: `pytest -m gpu tests/gpu` (the dry run on CPU with --tiny), at most CAP seconds.
+# run_tier CAP NEED: `pytest -m gpu tests/gpu tests/test_memory_plan.py` (the tier and the memory plan against the
+# allocator peak; the dry run on CPU with --tiny), at most CAP seconds.
 # SIGINT at the limit: pytest stops, still writes the JUnit file, and the measurements JSON is
 # rewritten after every test anyway.
 run_tier() {
@@ -91,7 +92,7 @@ run_tier() {
   else
     limit=$((cap < left ? cap : left))
     env "${dry[@]}" QABENCH_GPU_MEASUREMENTS="$out/gpu-tier-measurements.json" timeout -s INT -k 20 "$limit" \
-      "$python" -m pytest -m gpu tests/gpu -q -rA -p no:cacheprovider --junitxml="$out/gpu-tier.xml" >"$out/tier.log" 2>&1
+      "$python" -m pytest -m gpu tests/gpu tests/test_memory_plan.py -q -rA -p no:cacheprovider --junitxml="$out/gpu-tier.xml" >"$out/tier.log" 2>&1
     rc=$?
     case $rc in
       0) status=ok ;;
