@@ -5,9 +5,11 @@ Also the numeric types blocks share, so every seed and step count has one range 
 
 from __future__ import annotations
 
-from typing import Annotated
+import types
+import typing
+from typing import Annotated, Any, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Spec(BaseModel):
@@ -17,6 +19,38 @@ class Spec(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_boolean_for_a_number(cls, data: Any) -> Any:
+        # pydantic's lax mode reads `true` as 1 in a number field (`shard_size: true` would be 1).
+        # A stand-in the number types refuse keeps the error at the field, and at its line.
+        if not isinstance(data, dict):
+            return data
+        fields = cls.model_fields
+        return {
+            key: _Boolean(value) if isinstance(value, bool) and key in fields and _numbers_only(fields[key].annotation) else value
+            for key, value in data.items()
+        }
+
+
+class _Boolean:
+    """A YAML boolean written where a number belongs."""
+
+    def __init__(self, value: bool):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return str(self.value).lower()
+
+
+def _numbers_only(annotation: Any) -> bool:
+    """Whether a field takes numbers (and maybe None) but no boolean."""
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+    else:
+        options = [annotation]
+    return bool(options) and all(option in (int, float) for option in options)
 
 
 SEED_MAX = 2**32 - 1

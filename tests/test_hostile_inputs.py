@@ -65,6 +65,9 @@ MANIFEST_CASES = [
     ("train_batch_size_absurd_rejected", "train:\n  batch_size: 1000000000\n", 10, "train.batch_size", "less than or equal to 4096"),
     ("decoding_batch_size_absurd_rejected", "decoding:\n  batch_size: 1000000000\n", 10, "decoding.batch_size", "less than or equal to 4096"),
     ("shard_size_absurd_rejected", "eval:\n  shard_size: 1e12\n", 10, "eval.shard_size", "less than or equal to 1000000"),
+    ("shard_size_true_rejected", "eval:\n  shard_size: true\n", 10, "eval.shard_size", "should be a valid integer"),
+    ("learning_rate_false_rejected", "train:\n  learning_rate: false\n", 10, "train.learning_rate", "should be a valid number"),
+    ("max_eval_examples_yes_rejected", None, 7, "data.max_eval_examples", "should be a valid integer"),
     ("adalora_tfinal_huge_rejected", None, 10, "method.tfinal", "less than or equal to 10000000"),
     ("dataset_listed_twice_rejected", None, 6, "data.datasets", "synthetic_yes_no listed more than once"),
     ("eval_split_path_rejected", None, 7, "data.eval_split", "must be a plain file name"),
@@ -80,6 +83,7 @@ SPECIAL = {
     "dataset_listed_twice_rejected": BASE.replace("[synthetic_yes_no]", "[synthetic_yes_no, synthetic_yes_no]"),
     "eval_split_path_rejected": BASE.replace("[synthetic_yes_no]\n", "[synthetic_yes_no]\n  eval_split: ../synthetic_yes_no/train\n"),
     "train_split_path_rejected": BASE.replace("[synthetic_yes_no]\n", "[synthetic_yes_no]\n  train_split: /etc/passwd\n"),
+    "max_eval_examples_yes_rejected": BASE.replace("[synthetic_yes_no]\n", "[synthetic_yes_no]\n  max_eval_examples: yes\n"),
 }
 
 
