@@ -63,8 +63,6 @@ def launch(manifest: Path, storage: str | None, devices: int, overrides: Sequenc
     """
     import torch
 
-    from runner.k8s import TERMINATION_GRACE_SECONDS
-
     if torch.cuda.is_available() and torch.cuda.device_count() < devices:
         raise UserError(f"devices: {devices} requested, {torch.cuda.device_count()} GPU(s) visible")
     if not torch.cuda.is_available():
@@ -73,7 +71,7 @@ def launch(manifest: Path, storage: str | None, devices: int, overrides: Sequenc
     with tempfile.TemporaryDirectory(prefix="qabench-ranks-") as codes:
         command = [
             sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}",
-            f"--shutdown-timeout={TERMINATION_GRACE_SECONDS}", "-m", "runner.distributed", codes, "run", str(manifest),
+            f"--shutdown-timeout={preemption.GRACE_SECONDS}", "-m", "runner.distributed", codes, "run", str(manifest),
         ]
         if storage:
             command += ["--storage", storage]

@@ -34,6 +34,7 @@ import yaml
 from runner.errors import EXIT_USER_ERROR, ManifestError, Problem, UserError
 from runner.grid import dump_yaml
 from runner.plan import build_plan
+from runner.preemption import GRACE_SECONDS
 from runner.manifest import LoadedManifest, check_manifest, load_manifest, manifest_files
 from runner.console import error
 from runner.memory_plan import GiB, KNOWN_SHAPES, Adaptation, ModelShape, adaptation_of, dtype_bytes, model_shape, optimizer_bytes
@@ -51,8 +52,6 @@ DEFAULT_SECRET = "qabench-credentials"
 CONTAINER = "runner"
 CONFIGMAP_LIMIT = 1024 * 1024
 """Kubernetes rejects a ConfigMap whose keys and values exceed 1 MiB together."""
-TERMINATION_GRACE_SECONDS = 300
-"""Seconds between SIGTERM and SIGKILL for a pod: room to save a checkpoint or finish a shard."""
 INDEX_VARIABLE = "JOB_COMPLETION_INDEX"
 TMP = "/tmp"
 """A per-pod emptyDir: the root filesystem is read-only, and tempfile, torchrun and HOME (below) write here."""
@@ -679,7 +678,7 @@ def _job(name: str, settings: JobSettings, labels: dict[str, str], configmap: st
         "restartPolicy": "Never",  # required by podFailurePolicy; retries are new pods
         # On SIGTERM the runner finishes its training step or shard and saves it;
         # a generous grace period lets that land before the kubelet's SIGKILL.
-        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        "terminationGracePeriodSeconds": GRACE_SECONDS,
         "automountServiceAccountToken": False,  # the runner never calls the Kubernetes API
         "securityContext": {
             "runAsNonRoot": True,

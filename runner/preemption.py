@@ -17,6 +17,9 @@ from runner.errors import InfraError
 
 EXIT_PREEMPTED = 143
 """128 + SIGTERM, what a shell reports for a process SIGTERM ended: retry the run."""
+GRACE_SECONDS = 300
+"""Seconds between SIGTERM and SIGKILL that the runner plans for: room to save a checkpoint or
+finish a shard. A Kubernetes pod's grace period, and how long torchrun waits for its workers."""
 
 _requested = threading.Event()
 
