@@ -65,16 +65,24 @@ report source="runs" out="reports/latest":
     {{python}} -m analysis report {{source}} --out {{out}}
 
 # Image: QABENCH_IMAGE, default qabench:<git short sha>. Flags other than --local go to `runner run`,
-# e.g. `just grid manifests/seed-study --storage s3://bucket/runs`. Failures are listed at the end.
+# e.g. `just grid manifests/seed-study --storage s3://bucket/runs --set decoding.batch_size=4` (--set also
+# reaches the check and the plan). Failures are listed at the end.
 # The container gets this shell's AWS_*, HF_* and QABENCH_* settings and ~/.aws (docker/run-args.sh).
 # every manifest of a folder (default manifests/grid) in the plan's order, via docker run or --local; finished stages skipped
 [positional-arguments]
 grid *args:
     #!/usr/bin/env bash
     set -euo pipefail
-    folder=manifests/grid local=0 extra=()
+    folder=manifests/grid local=0 extra=() sets=() previous=
     for arg in "$@"; do
-      case "$arg" in --local) local=1 ;; -*) extra+=("$arg") ;; *) if [ ${#extra[@]} -gt 0 ]; then extra+=("$arg"); else folder="${arg%/}"; fi ;; esac
+      case "$arg" in
+        --local) local=1 ;;
+        --set=*) extra+=("$arg"); sets+=("$arg") ;;
+        -*) extra+=("$arg") ;;
+        *) if [ ${#extra[@]} -gt 0 ]; then extra+=("$arg"); else folder="${arg%/}"; fi
+           if [ "$previous" = --set ]; then sets+=(--set "$arg"); fi ;;
+      esac
+      previous="$arg"
     done
     if [ "$local" = 1 ]; then
       runner=({{python}} -m runner)
@@ -89,15 +97,16 @@ grid *args:
       runner=(docker run --rm --gpus all "${checkout[@]}" -v qabench-cache:/cache "${settings[@]}" "$image")
     fi
     # Every manifest is checked before the first run starts: a typo in the last one must not wait hours.
+    # --set overrides go to the check and the plan too: they change what runs and its identity.
     # The run order is the plan's schedule: each distinct training's first user first, then the
     # manifests that reuse a training (they find it in storage and train nothing).
     if [ "$local" = 1 ]; then
-      "${runner[@]}" validate "$folder"
-      mapfile -t manifests < <("${runner[@]}" plan "$folder" --schedule)
+      "${runner[@]}" validate "$folder" "${sets[@]}"
+      mapfile -t manifests < <("${runner[@]}" plan "$folder" --schedule "${sets[@]}")
     else
       inspect=(docker run --rm --entrypoint python "${checkout[@]}" "${settings[@]}" "$image" -m runner)
-      "${inspect[@]}" validate "$folder"
-      mapfile -t manifests < <("${inspect[@]}" plan "$folder" --schedule)
+      "${inspect[@]}" validate "$folder" "${sets[@]}"
+      mapfile -t manifests < <("${inspect[@]}" plan "$folder" --schedule "${sets[@]}")
     fi
     [ ${#manifests[@]} -gt 0 ] || { echo "no manifests in $folder" >&2; exit 2; }
     failed=()
@@ -109,16 +118,28 @@ grid *args:
     echo "${#manifests[@]} manifest(s), ${#failed[@]} failed"
     if [ ${#failed[@]} -gt 0 ]; then printf '  %s\n' "${failed[@]}" >&2; exit 1; fi
 
+# build the images (cpu, cuda or all) with docker, or buildah where no Docker daemon runs; a stand-in base where the real one cannot be pulled (docker/README.md)
+image target="all":
+    docker/build.sh {{target}}
+
+# pin both Dockerfiles' base to the digest its registry serves now (skopeo or docker buildx; docker/README.md)
+pin-base tag="":
+    docker/pin-base.sh {{tag}}
+
+# the container tier: build the CPU image and run it with docker or podman (exit codes, stop/resume, file modes, layer reuse; ~10 min warm)
+image-test *args: setup
+    HF_HUB_OFFLINE=1 {{python}} -m pytest -q -m container -p no:cacheprovider tests/container {{args}}
+
 # regenerate docker/requirements.lock (the CUDA image's every package with hashes, from PyPI) with uv from its own venv (.uv/)
 lock:
     test -x .uv/bin/uv || (python3 -m venv .uv && .uv/bin/pip install --quiet --disable-pip-version-check uv==0.13.9)
     # CPython 3.11 on x86_64, as docker/Dockerfile's base; PyPI's torch 2.13.0 is its CUDA 13.0 build
     .uv/bin/uv pip compile pyproject.toml --index-url https://pypi.org/simple --python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes --custom-compile-command "just lock" --output-file docker/requirements.lock
 
-# checkov over rendered Kubernetes objects, from its own venv (.checkov/): checkov pins an older boto3 than qabench
+# checkov over rendered Kubernetes objects and both Dockerfiles, from its own venv (.checkov/): checkov pins an older boto3 than qabench
 checkov:
     test -x .checkov/bin/checkov || (python3 -m venv .checkov && .checkov/bin/pip install --quiet --disable-pip-version-check checkov==3.3.30)
-    QABENCH_CHECKOV="$PWD/.checkov/bin/checkov" {{python}} -m pytest -q -p no:cacheprovider tests/test_k8s.py -k checkov
+    QABENCH_CHECKOV="$PWD/.checkov/bin/checkov" {{python}} -m pytest -q -p no:cacheprovider tests/test_k8s.py tests/test_container.py -k checkov
 
 # a ConfigMap and an Indexed Job running every manifest of a folder on a cluster (see README)
 k8s folder image storage *flags:

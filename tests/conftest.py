@@ -23,6 +23,18 @@ NO_CHROMIUM = (
     "or with password-less sudo), or put a Chromium on PATH as `chromium` or `chromium-browser`"
 )
 
+def checkov_command() -> str | None:
+    """The checkov command: $QABENCH_CHECKOV, else on PATH or beside this Python; None skips with NO_CHECKOV."""
+    return os.environ.get("QABENCH_CHECKOV") or shutil.which("checkov") or shutil.which("checkov", path=str(Path(sys.executable).parent))
+
+
+NO_CHECKOV = (
+    "checkov is not installed (it pins boto3 1.35, the project 1.44.8, so it needs its own venv: `just checkov`, "
+    "or python3 -m venv /opt/checkov && /opt/checkov/bin/pip install checkov; then QABENCH_CHECKOV=/opt/checkov/bin/checkov)"
+)
+CHECKOV_OFFLINE_ENV = {"BC_SKIP_MAPPING": "TRUE", "LOG_LEVEL": "ERROR"}
+"""With --skip-download: no guideline download, no external checks."""
+
 SYNTHETIC = ["synthetic_yes_no", "synthetic_multiple_choice", "synthetic_extractive", "synthetic_abstractive"]
 
 

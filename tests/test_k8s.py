@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import CHECKOV_OFFLINE_ENV, NO_CHECKOV, REPO, checkov_command
 from runner.cli import main
 from runner.k8s import CACHE, CONTAINER, TMP, collect, job_settings, render
 
@@ -565,19 +565,12 @@ def test_a_configmap_over_the_last_applied_annotation_limit_says_server_side_app
     assert "note: the ConfigMap is" in captured.err and "kubectl apply --server-side -f" in captured.out
 
 
-def _checkov() -> str | None:
-    """The checkov command: $QABENCH_CHECKOV, else on PATH or beside this Python."""
-    found = os.environ.get("QABENCH_CHECKOV") or shutil.which("checkov") or shutil.which("checkov", path=str(Path(sys.executable).parent))
-    return found
-
-
 @pytest.fixture(scope="session")
 def checkov_results(tmp_path_factory) -> dict:
     """checkov's JSON over two rendered files, run once: every feature at once, and the defaults."""
-    binary = _checkov()
+    binary = checkov_command()
     if binary is None:
-        pytest.skip("checkov is not installed (it pins boto3 1.35, the project 1.44.8, so it needs its own venv: "
-                    "`just checkov`, or python3 -m venv /opt/checkov && /opt/checkov/bin/pip install checkov; then QABENCH_CHECKOV=/opt/checkov/bin/checkov)")
+        pytest.skip(NO_CHECKOV)
     root = tmp_path_factory.mktemp("checkov")
     folder = _folder_with_devices(root, {p.name: n for p, n in zip(sorted(GRID.glob("gemma-*-0-shot-greedy.yaml"))[:3], (1, 2, 4))})
     everything = root / "everything.yaml"
@@ -588,8 +581,7 @@ def checkov_results(tmp_path_factory) -> dict:
     defaults = root / "defaults.yaml"
     assert main(["k8s", str(GRID), "--image", IMAGE, "--storage", STORAGE, "--mount-path", "/m", "--out", str(defaults)]) == 0
     _kubernetes_validate(everything)
-    # Offline: no guideline download (BC_SKIP_MAPPING), no external checks (--skip-download).
-    env = {**os.environ, "BC_SKIP_MAPPING": "TRUE", "LOG_LEVEL": "ERROR"}
+    env = {**os.environ, **CHECKOV_OFFLINE_ENV}
     command = [binary, "-f", str(everything), "-f", str(defaults), "--framework", "kubernetes", "--skip-download", "-o", "json"]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.stdout.strip(), result.stderr[-3000:]
