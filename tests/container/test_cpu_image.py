@@ -61,6 +61,7 @@ def test_the_image_validates_every_shipped_manifest_and_names_its_commit(cpu_ima
     assert validated.returncode == 0, validated.stderr[-3000:]
     on_host = subprocess.run([sys.executable, "-m", "runner", "validate", "manifests"], cwd=REPO, capture_output=True, text=True)
     assert validated.stdout == on_host.stdout and "valid" in validated.stdout, "the image sees the same manifests as this checkout"
+    MEASURED.append(("validate manifests in the image", f"exit {validated.returncode}"))
     version = engine("run", "--rm", "--network", "none", "--entrypoint", "qabench", cpu_image, "--version")
     assert version.returncode == 0 and re.fullmatch(r"qabench \S+ \(git [0-9a-f]{40}(-dirty)?\)", version.stdout.strip())
 
@@ -71,6 +72,7 @@ def test_a_broken_manifest_is_exit_2_at_its_file_and_line_before_any_model_loads
     line = text.splitlines().index("  max_new_tokens: 0") + 1
     (mounts["manifests"] / "broken.yaml").write_text(text)
     result = run_image(cpu_image, mounts["volumes"], f"{CONTAINER_MANIFESTS}/broken.yaml")
+    MEASURED.append(("a broken manifest", f"exit {result.returncode}"))
     assert result.returncode == 2, result.stderr[-3000:]
     assert f"{CONTAINER_MANIFESTS}/broken.yaml:{line}: decoding.max_new_tokens" in result.stderr
     assert "Traceback" not in result.stderr
