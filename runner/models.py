@@ -262,6 +262,15 @@ def _hub_error(hub_id: str, revision: str | None, exc: BaseException, doing: str
     return InfraError(f"cannot {doing} {hub_id} on the hub ({constants.ENDPOINT}): {_one_line(chain[-1])}")
 
 
+def _not_a_model(hub_id: str, revision: str | None) -> UserError:
+    """The repository exists but holds no transformers model: every retry finds the same files."""
+    at = f" at {revision}" if revision else ""
+    return UserError(
+        f"{hub_id}{at} has no config.json: not a transformers model repository (a GGUF-only or adapter-only one?); "
+        f"see its files at {HUB_PAGE}/{hub_id}/tree/{revision or 'main'}"
+    )
+
+
 def _offline_error(hub_id: str, revision: str | None) -> UserError:
     """HF_HUB_OFFLINE is set and the cache lacks the model: a retry finds the same empty cache."""
     from huggingface_hub import constants
@@ -290,6 +299,9 @@ def resolve_revision(hub_id: str, revision: str | None) -> str:
             info = HfApi().model_info(hub_id, revision=wanted, token=os.environ.get("HF_TOKEN") or None)
         except Exception as exc:  # every hub failure becomes a user or an infrastructure error
             raise _hub_error(hub_id, revision, exc) from None
+        files = {sibling.rfilename for sibling in info.siblings or ()}
+        if files and "config.json" not in files:
+            raise _not_a_model(hub_id, info.sha or wanted)
         if info.sha:
             return info.sha
     ref = Path(constants.HF_HUB_CACHE) / f"models--{hub_id.replace('/', '--')}" / "refs" / wanted

@@ -38,7 +38,12 @@ BEHAVIOUR = {
     "org/missing": ((404, (("X-Error-Code", "RepoNotFound"),)), (404, (("X-Error-Code", "RepoNotFound"),))),
     "org/down": ((503, ()), (503, ())),
     "org/files-down": ((200, ()), (500, ())),
+    # A repository without a transformers model in it (GGUF-only, adapter-only): every file is 404.
+    "org/no-config": ((200, ()), (404, (("X-Error-Code", "EntryNotFound"), ("X-Error-Message", "Entry not found")))),
 }
+
+# The files model info lists (the real hub lists every file; none here means "not said").
+SIBLINGS = {"org/no-config": [{"rfilename": ".gitattributes"}, {"rfilename": "model-q4_k_m.gguf"}]}
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +64,9 @@ def hub():
             info = path.startswith("/api/models/")
             repo = "/".join(path.removeprefix("/api/models/").lstrip("/").split("/")[:2])
             status, headers = BEHAVIOUR.get(repo, ((404, (("X-Error-Code", "RepoNotFound"),)),) * 2)[0 if info else 1]
-            body = json.dumps({"id": repo, "sha": COMMIT, "siblings": [], "gated": "manual"} if status == 200 else {"error": "no"}).encode()
+            listing = info and "/tree/" in path  # a folder's files: none
+            answer = ([] if listing else {"id": repo, "sha": COMMIT, "siblings": SIBLINGS.get(repo, []), "gated": "manual"}) if status == 200 else {"error": "no"}
+            body = json.dumps(answer).encode()
             self.send_response(status)
             for name, value in (("Content-Type", "application/json"), *headers):
                 self.send_header(name, value)
@@ -117,6 +124,15 @@ def test_model_missing_from_the_hub_is_a_user_error(hub, small_data, tmp_path):
     result = _run(_manifest(tmp_path, small_data, "org/missing"), tmp_path, HF_ENDPOINT=endpoint, HF_HUB_OFFLINE="0")
     assert result.returncode == 2, result.stderr
     assert "org/missing: no such model on the hub, or it is private" in _error(result)
+
+
+def test_a_repository_without_the_models_files_is_a_user_error_not_a_retry(hub, small_data, tmp_path):
+    endpoint, _ = hub
+    result = _run(_manifest(tmp_path, small_data, "org/no-config"), tmp_path, HF_ENDPOINT=endpoint, HF_HUB_OFFLINE="0")
+    assert result.returncode == 2, result.stderr
+    error = _error(result)
+    assert f"org/no-config at {COMMIT} has no config.json: not a transformers model repository" in error
+    assert f"https://huggingface.co/org/no-config/tree/{COMMIT}" in error
 
 
 @pytest.mark.parametrize("repo, when", [("org/down", "resolve the revision of"), ("org/files-down", "download the tokenizer of")])
