@@ -39,6 +39,8 @@ class DataRead:
     """How the evaluated examples were chosen and which, for provenance.json: `max_per_dataset`,
     `sample` (`random`/`first`, None without a cap), `seed` (None unless random) and per dataset
     folder the examples `available` and the `ids` evaluated, in evaluation order."""
+    train_sample: dict[str, Any]
+    """The same for the training examples (and the shots drawn from them)."""
 
 
 def sample_examples(examples: Sequence[Example], limit: int | None, sample: str, seed: int, dataset: str) -> list[Example]:
@@ -88,20 +90,26 @@ def read_data(loaded: LoadedManifest) -> DataRead:
     if missing:
         raise DataError(f"{len(missing)} data file(s) not fetched yet, e.g. {missing[0]}; run `{fetch_command(missing)}`")
     data = loaded.manifest.data
-    # Training keeps the first max_train_examples: a sample would change the identity of every
-    # stored training that caps its data.
-    train_hashes, train, _ = _read_split(loaded, loaded.train_files(), data.train_split, data.max_train_examples)
-    eval_hashes, evaluate, chosen = _read_split(
+    train_hashes, train, train_chosen = _read_split(
+        loaded, loaded.train_files(), data.train_split, data.max_train_examples, data.train_sample, data.train_sample_seed
+    )
+    eval_hashes, evaluate, eval_chosen = _read_split(
         loaded, loaded.eval_files(), data.eval_split, data.max_eval_examples, data.eval_sample, data.eval_sample_seed
     )
-    capped = data.max_eval_examples is not None
-    sample = {
-        "max_per_dataset": data.max_eval_examples,
-        "sample": data.eval_sample if capped else None,
-        "seed": data.eval_sample_seed if capped and data.eval_sample == "random" else None,
+    train_sample = _sample_record(data.max_train_examples, data.train_sample, data.train_sample_seed, train_chosen)
+    eval_sample = _sample_record(data.max_eval_examples, data.eval_sample, data.eval_sample_seed, eval_chosen)
+    return DataRead(train_hashes, eval_hashes, tuple(train), tuple(evaluate), eval_sample, train_sample)
+
+
+def _sample_record(cap: int | None, sample: str, seed: int, chosen: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What provenance.json says of how a split's examples were chosen (the DataRead samples' layout)."""
+    capped = cap is not None
+    return {
+        "max_per_dataset": cap,
+        "sample": sample if capped else None,
+        "seed": seed if capped and sample == "random" else None,
         "datasets": chosen,
     }
-    return DataRead(train_hashes, eval_hashes, tuple(train), tuple(evaluate), sample)
 
 
 @dataclass(frozen=True)
@@ -116,6 +124,8 @@ class TrainingStage:
     model: ModelIdentity
     data_hashes: dict[str, str]
     examples: tuple[Example, ...]
+    train_sample: dict[str, Any]
+    """How `examples` were chosen and which (DataRead.train_sample), for the training's provenance.json."""
 
     @property
     def method(self) -> Method:
@@ -129,7 +139,7 @@ def training_stage(loaded: LoadedManifest, data: DataRead) -> TrainingStage | No
     model = identify_model(loaded.manifest.model, loaded.base_dir)
     request = training_request(loaded.manifest)
     digest = training_digest(request, model.fingerprint, data.train_hashes)
-    return TrainingStage(TrainingKeys(digest), loaded, request, model, data.train_hashes, data.train)
+    return TrainingStage(TrainingKeys(digest), loaded, request, model, data.train_hashes, data.train, data.train_sample)
 
 
 @dataclass(frozen=True)

@@ -42,10 +42,17 @@ def training_request(manifest: Manifest) -> dict[str, Any]:
         "method": content["method"],
         "train": {key: value for key, value in content["train"].items() if key not in OBSERVERS},
         "prompt": {**{key: content["icl"][key] for key in PROMPT_LAYOUT}, "style": requested_style(manifest)},
-        "data": {key: data[key] for key in ("format", "datasets", "train_split", "max_train_examples")},
+        "data": {key: data[key] for key in ("format", "datasets", "train_split", "max_train_examples", *_train_sample_keys(manifest))},
         # Data parallelism changes the effective batch and the order examples are seen in.
         "devices": content["devices"],
     }
+
+
+def _train_sample_keys(manifest: Manifest) -> list[str]:
+    """The training-sample fields, where they choose the examples: `first`, or no cap, keeps the digests it always had."""
+    if manifest.data.max_train_examples is not None and manifest.data.train_sample == "random":
+        return ["train_sample", "train_sample_seed"]
+    return []
 
 
 def training_digest(request: dict[str, Any], model_fingerprint: dict[str, str], train_data: dict[str, str]) -> str:
@@ -63,7 +70,7 @@ def evaluation_request(manifest: Manifest) -> dict[str, Any]:
         # Only where they choose the examples: `first`, or no cap, keeps the digests it always had.
         selection += ["eval_sample", "eval_sample_seed"]
     if manifest.icl.shots:
-        selection += ["train_split", "max_train_examples"]
+        selection += ["train_split", "max_train_examples", *_train_sample_keys(manifest)]
     return {
         "model_dtype": content["model"]["dtype"],
         "method": content["method"],

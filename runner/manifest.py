@@ -46,7 +46,15 @@ class DataSpec(Spec):
     eval_split: str = "dev"
     """Split that is generated and scored; never used for training or as a shot."""
     max_train_examples: int | None = Field(None, ge=1, le=EXAMPLES_MAX)
-    """Use only the first N training examples of each dataset."""
+    """Train on (and draw shots from) at most N training examples of each dataset, chosen by `train_sample`."""
+    train_sample: Literal["first", "random"] = "first"
+    """How `max_train_examples` chooses a dataset's examples: `first`, the first N of the file;
+    `random`, a sample seeded by `train_sample_seed` and the dataset's name, kept in file order.
+    UnifiedQA train files are in source order (SQuAD article by article), so the first N may cover
+    few topics. `first` is the default so that trainings already stored keep their identity. The
+    chosen ids are listed in the training's provenance.json (`train_sample`)."""
+    train_sample_seed: Seed = 0
+    """Seeds the `random` training sample."""
     max_eval_examples: int | None = Field(None, ge=1, le=EXAMPLES_MAX)
     """Score at most N evaluation examples of each dataset, chosen by `eval_sample`."""
     eval_sample: Literal["random", "first"] = "random"
@@ -82,14 +90,16 @@ class DataSpec(Spec):
             raise ValueError("must be a plain file name (1-128 letters, digits, '.', '_' or '-', starting with a letter or digit), not a path")
         return value
 
-    @field_validator("eval_sample_seed")
+    @field_validator("train_sample_seed", "eval_sample_seed")
     @classmethod
     def _seed_for_a_random_sample(cls, value: int, info: ValidationInfo) -> int:
         # Runs only for a value written in the manifest; 0 is the default a resolved manifest holds.
         # A field that failed its own check is absent from info.data and reported once, there.
-        first = info.data.get("eval_sample", "random") == "first"
-        if value and (first or ("max_eval_examples" in info.data and info.data["max_eval_examples"] is None)):
-            raise ValueError("seeds only a random sample: set max_eval_examples and eval_sample: random, or remove it")
+        split = info.field_name.removesuffix("_sample_seed")
+        first = info.data.get(f"{split}_sample", cls.model_fields[f"{split}_sample"].default) == "first"
+        cap = f"max_{split}_examples"
+        if value and (first or (cap in info.data and info.data[cap] is None)):
+            raise ValueError(f"seeds only a random sample: set {cap} and {split}_sample: random, or remove it")
         return value
 
     @model_validator(mode="after")

@@ -128,6 +128,7 @@ def _train(stage: TrainingStage, store: Store, lease: Lease | None) -> dict[str,
     if distributed.is_main():
         restore_training(store, keys, checkpoint_dir, log_path)  # a fresh host continues from storage
         facts = provenance.collect(base.device, base.identity.as_dict(), stage.data_hashes, keys.digest)
+        facts["train_sample"] = stage.train_sample
         facts["overrides"] = [str(override) for override in stage.loaded.overrides]  # of the manifest that trained it
         store.write_bytes(keys.provenance, json.dumps(facts, indent=2).encode())
     tensorboard = restore_tensorboard(store, keys) if "tensorboard" in manifest.train.report_to and distributed.is_main() else None

@@ -1,5 +1,6 @@
 """`data.max_eval_examples` evaluates a seeded random sample of each dataset (or, asked for, its first
-N examples); the sample is part of the evaluation's identity and its ids are in provenance.json."""
+N examples); the sample is part of the evaluation's identity and its ids are in provenance.json.
+`data.max_train_examples` does the same for training (and the shots), `first` unless asked."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from conftest import SYNTHETIC, stage_folders, write_manifest
 from runner.cli import main
 from runner.context import read_data, sample_examples
 from runner.data import Example
-from runner.identity import evaluation_request
+from runner.identity import evaluation_request, training_request
 from runner.manifest import load_manifest
 
 
@@ -120,8 +121,11 @@ def test_evaluated_ids_are_recorded_in_provenance(tmp_path, small_data, tiny_mod
         (["  max_eval_examples: 3", "  eval_sample: first", "  eval_sample_seed: 2"], "data.eval_sample_seed", "seeds only a random sample"),
         (["  eval_sample_seed: 2"], "data.eval_sample_seed", "seeds only a random sample"),
         (["  max_eval_examples: 3", "  eval_sample_seed: -1"], "data.eval_sample_seed", "greater than or equal to 0"),
+        (["  max_train_examples: 3", "  train_sample_seed: 2"], "data.train_sample_seed", "set max_train_examples and train_sample: random"),
+        (["  train_sample: random", "  train_sample_seed: 2"], "data.train_sample_seed", "seeds only a random sample"),
+        (["  max_train_examples: 3", "  train_sample: shuffled"], "data.train_sample", "'first' or 'random'"),
     ],
-    ids=["unknown-sample", "seed-with-first", "seed-without-cap", "negative-seed"],
+    ids=["unknown-sample", "seed-with-first", "seed-without-cap", "negative-seed", "train-seed-with-first", "train-seed-without-cap", "unknown-train-sample"],
 )
 def test_a_bad_sample_setting_is_rejected_at_its_line(lines, field, message, tmp_path, small_data, tiny_models, capsys):
     text = [
@@ -141,3 +145,64 @@ def test_a_bad_sample_setting_is_rejected_at_its_line(lines, field, message, tmp
     err = capsys.readouterr().err
     assert any(line.startswith(f"{path}:{len(text)}: {field}: ") and message in line for line in err.splitlines()), err
     assert "Traceback" not in err
+
+
+def _training_manifest(folder: Path, name: str, small_data: Path, tiny_models, **data) -> Path:
+    return write_manifest(
+        folder,
+        name,
+        model={"path": str(tiny_models["llama"])},
+        data={"root": str(small_data), "datasets": SYNTHETIC, **data},
+        method={"kind": "lora", "r": 2, "alpha": 4, "target_modules": "attention"},
+        train={"steps": 2, "batch_size": 2, "learning_rate": 1e-3, "heldout_examples": 0},
+        decoding={"kind": "greedy", "max_new_tokens": 2, "batch_size": 4},
+    )
+
+
+def test_training_takes_the_first_n_unless_asked_for_a_seeded_sample_and_records_which(tmp_path, small_data, tiny_models):
+    def read(name: str, **data):
+        return read_data(load_manifest(_training_manifest(tmp_path, name, small_data, tiny_models, **data)))
+
+    first = read("first", max_train_examples=5)
+    per_dataset = {d: [e for e in first.train if e.dataset == d] for d in SYNTHETIC}
+    everything = {d: [e for e in read("all").train if e.dataset == d] for d in SYNTHETIC}
+    assert all(len(everything[d]) == 40 and per_dataset[d] == everything[d][:5] for d in SYNTHETIC), "the default is the first N of each file"
+    assert first.train_sample["sample"] == "first" and first.train_sample["seed"] is None
+
+    sampled = read("random", max_train_examples=5, train_sample="random", train_sample_seed=3)
+    for dataset in SYNTHETIC:
+        chosen = [e for e in sampled.train if e.dataset == dataset]
+        assert chosen == sample_examples(everything[dataset], 5, "random", 3, dataset) and chosen != everything[dataset][:5]
+    assert (sampled.train_sample["max_per_dataset"], sampled.train_sample["sample"], sampled.train_sample["seed"]) == (5, "random", 3)
+    assert [i for d in SYNTHETIC for i in sampled.train_sample["datasets"][d]["ids"]] == [e.id for e in sampled.train]
+
+
+def test_the_training_sample_is_in_the_identity_only_where_it_chooses(tmp_path, small_data, tiny_models):
+    def data_of(name: str, shots: int = 0, **data) -> tuple[dict, dict]:
+        path = _manifest(tmp_path, name, small_data, tiny_models, **data)
+        if shots:
+            text = path.read_text() + f"icl:\n  shots: {shots}\n"
+            path.write_text(text)
+        manifest = load_manifest(path).manifest
+        return training_request(manifest)["data"], evaluation_request(manifest)["data"]
+
+    # Stored trainings that capped their data keep their digests: `first` adds nothing.
+    assert data_of("a", max_train_examples=5)[0] == data_of("b", max_train_examples=5, train_sample="first")[0]
+    assert "train_sample" not in data_of("c", max_train_examples=5)[0] and "train_sample" not in data_of("d", train_sample="random")[0]
+    random_3, random_4 = data_of("e", max_train_examples=5, train_sample="random", train_sample_seed=3), data_of("f", max_train_examples=5, train_sample="random", train_sample_seed=4)
+    assert random_3[0] != random_4[0] and random_3[0]["train_sample"] == "random"
+    # The shots come from the training examples: a k-shot evaluation's identity follows the sample too.
+    shot_3, shot_4 = data_of("g", 2, max_train_examples=5, train_sample="random", train_sample_seed=3), data_of("h", 2, max_train_examples=5, train_sample="random", train_sample_seed=4)
+    assert shot_3[1] != shot_4[1] and random_3[1] == random_4[1], "zero-shot evaluations never read the training examples"
+
+
+def test_a_trainings_provenance_lists_the_examples_it_trained_on(tmp_path, small_data, tiny_models):
+    sample = {"max_train_examples": 4, "train_sample": "random", "train_sample_seed": 1, "max_eval_examples": 1}
+    manifest = _training_manifest(tmp_path / "manifests", "sampled-training", small_data, tiny_models, **sample)
+    assert main(["run", str(manifest), "--storage", str(tmp_path / "runs")]) == 0
+    _, training = stage_folders(manifest, tmp_path / "runs")
+    recorded = json.loads((training / "provenance.json").read_text())["train_sample"]
+    assert (recorded["max_per_dataset"], recorded["sample"], recorded["seed"]) == (4, "random", 1)
+    expected = read_data(load_manifest(manifest)).train
+    assert [i for d in recorded["datasets"].values() for i in d["ids"]] == [e.id for e in expected]
+    assert all(d["available"] == 40 and len(d["ids"]) == 4 for d in recorded["datasets"].values())
