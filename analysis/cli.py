@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from runner.atomic import write_atomic
+from runner.filemodes import apply_umask_setting
 from runner.console import error
 from runner.errors import EXIT_DAMAGED, InfraError, UserError
 
@@ -141,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; exit 2 for user mistakes, 3 for storage failures, 4 when a report left damaged runs out."""
     args = _parser().parse_args(argv)
     try:
+        apply_umask_setting()  # the report's files get the modes the runs got; a bad QABENCH_UMASK is exit 2
         return _report(args) if args.command == "report" else _compare(args)
     except (UserError, InfraError) as exc:
         error(f"error: {exc}")

@@ -152,3 +152,21 @@ def test_a_run_leaves_every_artifact_readable_by_other_users(tiny_manifest, tmp_
     assert any(name.endswith("/adapter") for name in modes) and any(name.endswith("/metrics.json") for name in modes)
     wrong = {name: oct(mode) for name, mode in modes.items() if mode != (0o755 if (runs / name).is_dir() else 0o644)}
     assert not wrong, "under umask 022 every file is 0644 and every folder 0755"
+
+
+def test_the_report_follows_qabench_umask_as_the_runs_do(tiny_manifest, tmp_path):
+    manifest = tiny_manifest("report-modes")
+    runs, reports = tmp_path / "runs", tmp_path / "reports"
+    assert main(["run", str(manifest), "--storage", str(runs)]) == 0
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "QABENCH_UMASK": "002"}
+    # Started under umask 077: the setting, not the inherited umask, decides.
+    command = [sys.executable, "-m", "analysis", "report", str(runs), "--out", str(reports)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, preexec_fn=lambda: os.umask(0o077))
+    assert result.returncode == 0, result.stderr[-2000:]
+    modes = {name: mode for name, mode in _modes(reports).items() if name != "."}
+    assert "report.md" in modes and "results.csv" in modes
+    wrong = {name: oct(mode) for name, mode in modes.items() if mode != (0o775 if (reports / name).is_dir() else 0o664)}
+    assert not wrong, "under QABENCH_UMASK=002 every report file is 0664 and every folder 0775"
+
+    refused = subprocess.run(command, env={**env, "QABENCH_UMASK": "abc"}, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == EXIT_USER_ERROR and "QABENCH_UMASK='abc': not an octal umask" in refused.stderr
