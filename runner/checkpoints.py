@@ -8,6 +8,8 @@ starting over.
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 
 from runner.console import log
@@ -102,11 +104,39 @@ def publish_tensorboard(store: Store, keys: TrainingKeys, folder: Path | None) -
 
 
 def tensorboard_callback(folder: Path):
-    """transformers' TensorBoard callback writing into `folder` (tensorboardX's writer: no TensorFlow)."""
+    """transformers' TensorBoard callback writing into `folder` (tensorboardX's writer: no TensorFlow).
+
+    An attempt that resumes logs again the steps after its checkpoint that a cut-off attempt had
+    already logged. Its writer is made at its first event and marks the step it starts from
+    (`purge_step`): TensorBoard then drops the earlier attempts' events from that step on, so each
+    step shows once, with the values train_log.jsonl holds.
+    """
     from tensorboardX import SummaryWriter
     from transformers.integrations import TensorBoardCallback
 
-    return TensorBoardCallback(tb_writer=SummaryWriter(logdir=str(folder)))
+    class ResumableTensorBoard(TensorBoardCallback):
+        writers = 0
+
+        def _writer_for(self, state) -> None:
+            # The trainer closes the writer when training ends; the held-out evaluation after it
+            # gets a new one, in the same folder.
+            if self.tb_writer is None and state.is_world_process_zero:
+                # A fresh start (step 0) redoes everything an attempt cut off before its first checkpoint logged.
+                start = state.global_step + 1 if state.global_step else 0
+                # Event files are named by the second they were opened in: a second writer within
+                # that second would truncate the first's file without a suffix of its own.
+                self.writers += 1
+                self.tb_writer = SummaryWriter(logdir=str(folder), purge_step=start, filename_suffix=f".{os.getpid()}.{self.writers}")
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self._writer_for(state)
+            super().on_train_begin(args, state, control, **kwargs)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self._writer_for(state)
+            super().on_log(args, state, control, logs=logs, **kwargs)
+
+    return ResumableTensorBoard()
 
 
 def checkpoint_publisher(store: Store, keys: TrainingKeys, checkpoint_dir: Path, log_path: Path, tensorboard: Path | None = None):
