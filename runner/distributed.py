@@ -205,6 +205,24 @@ def total(values: Sequence[int]) -> list[int]:
     return tensor.tolist()
 
 
+def gather(value: float) -> list[float]:
+    """Every rank's `value`, in rank order ([value] alone).
+
+    A blocking collective, for points every rank reaches together, a checkpoint save included:
+    the save after a SIGTERM is the one thing a stopping rank must still finish (_wait_for gives up).
+    """
+    if world_size() == 1:
+        return [value]
+    import torch
+    import torch.distributed as dist
+
+    # float64 holds a float32 loss sum exactly.
+    mine = torch.tensor([value], dtype=torch.float64, device="cuda" if torch.cuda.is_available() else "cpu")
+    parts = [torch.empty_like(mine) for _ in range(world_size())]
+    dist.all_gather(parts, mine)
+    return [part.item() for part in parts]
+
+
 def _wait_for(work) -> None:
     """Wait for a collective; on SIGTERM stop waiting (raise Preempted) unless it completed.
 

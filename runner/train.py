@@ -156,8 +156,12 @@ def _log_accumulators(trainer: Any) -> dict[str, Any]:
     checkpoint on SIGTERM) would otherwise resume with empty sums, and the next record's mean
     loss, token accuracy and running token count would cover only the resumed steps.
     """
+    # Each rank sums its own losses; the next record averages the ranks' sums. Gathering is a
+    # collective: every rank calls this.
+    by_rank = distributed.gather(trainer._tr_loss.item())  # float32 → Python float → float32 is exact
     return {
-        "tr_loss": trainer._tr_loss.item(),  # float32 → Python float → float32 is exact
+        "tr_loss": by_rank[0],
+        "tr_loss_by_rank": by_rank,
         "last_logged": trainer._globalstep_last_logged,
         "total_train_tokens": trainer._total_train_tokens,
         "metrics": {key: list(values) for key, values in trainer._metrics["train"].items()},
@@ -175,8 +179,9 @@ def _restore_log_accumulators(checkpoint: Path, trainer: Any):
             if not path.is_file():
                 return  # saved before the sums travelled with checkpoints
             saved = json.loads(path.read_text())
-            if distributed.world_size() == 1:  # rank 0's loss sum alone would misstate the others'
-                trainer._tr_loss.fill_(saved["tr_loss"])
+            by_rank = saved.get("tr_loss_by_rank", [saved["tr_loss"]])
+            if len(by_rank) == distributed.world_size():  # saved before the ranks' sums were: rank 0's would misstate the others'
+                trainer._tr_loss.fill_(by_rank[distributed.rank()])
             trainer._globalstep_last_logged = saved["last_logged"]
             trainer._total_train_tokens = saved["total_train_tokens"]
             trainer._metrics["train"].clear()
@@ -200,12 +205,13 @@ def _mark_checkpoints_complete(train_log: TrainLog, accumulators: Callable[[], d
         """
 
         def on_save(self, args, state, control, **kwargs):
+            sums = accumulators()  # on every rank: it gathers the ranks' loss sums
             if not state.is_world_process_zero:
                 return  # rank 0 writes checkpoints; another rank could mark one still being written
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir():
                 write_atomic(folder / CHECKPOINT_LOG, train_log.snapshot())
-                write_atomic(folder / CHECKPOINT_LOG_STATE, json.dumps(accumulators()).encode())
+                write_atomic(folder / CHECKPOINT_LOG_STATE, json.dumps(sums).encode())
                 write_atomic(folder / CHECKPOINT_MICRO_BATCH, json.dumps(micro_batches.state()).encode())
                 (folder / CHECKPOINT_COMPLETE).write_text(str(state.global_step))
 

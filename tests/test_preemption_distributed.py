@@ -29,7 +29,9 @@ STEPS = 8
 # slice, evaluated before training: that evaluation must not keep the model out of
 # DistributedDataParallel (runner/train.py), or a fresh run's ranks would train apart while a
 # resumed run's (which skips it) would not, and the two would differ.
-TRAIN = {"steps": STEPS, "batch_size": 2, "learning_rate": 1e-3, "save_steps": 2, "logging_steps": 1, "heldout_examples": 2}
+# One loss record, at the last step: every checkpoint falls inside its window, so the resumed run's
+# record is right only if each rank's own loss sum travelled with the checkpoint.
+TRAIN = {"steps": STEPS, "batch_size": 2, "learning_rate": 1e-3, "save_steps": 2, "logging_steps": STEPS, "heldout_examples": 2}
 LORA = {"kind": "lora", "r": 4, "alpha": 8, "dropout": 0.1, "target_modules": "attention"}
 
 
@@ -88,7 +90,7 @@ def test_sigterm_to_a_two_rank_launcher_saves_exits_143_and_the_rerun_matches_an
     assert (checkpoints[-1] / "qabench_complete").is_file()
     assert json.loads((checkpoints[-1] / "trainer_state.json").read_text())["global_step"] == reached
     logged = [json.loads(line)["step"] for line in (training / "train_log.jsonl").read_text().splitlines()]
-    assert max(logged) == reached, "the stored log ends at the saved step"
+    assert max(logged) <= reached, "the stored log ends at the saved step"
     assert not (training / "_SUCCESS").exists() and not (evaluation / "_SUCCESS").exists()
 
     code, output = _finish(_launch(manifest, storage))
