@@ -99,10 +99,10 @@ def seaweed(tmp_path_factory):
         yield server
 
 
-def stage_folders(manifest: Path, storage: Path) -> tuple[Path, Path | None]:
-    """(evaluation folder, training folder or None) a manifest's run uses in a local storage folder."""
+def stage_folders(manifest: Path, storage: Path, overrides: tuple[str, ...] = ()) -> tuple[Path, Path | None]:
+    """(evaluation folder, training folder or None) a manifest's run (with `--set` overrides) uses in a local storage folder."""
     from runner.context import build_context
-    from runner.manifest import load_manifest
+    from runner.manifest import load_manifest, parse_overrides
 
-    context = build_context(load_manifest(manifest), str(storage))
+    context = build_context(load_manifest(manifest, overrides=parse_overrides(list(overrides))), str(storage))
     return storage / context.keys.prefix, (storage / context.training.keys.prefix if context.training else None)
