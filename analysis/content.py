@@ -11,6 +11,7 @@ from analysis.aggregate import Summary, varying_seeds
 from analysis.cost import DEFINITION as COST_DEFINITION
 from analysis.document import Block, Bullets, Document, Figure, Section, Table
 from analysis.guidance import choice_section, prompt_label, records_prompts, results_section, training_section
+from analysis.load import not_held_out
 from analysis.pairs import SpeedUp
 from analysis.seeds import config_id, seed_label, seeds_of
 from analysis.tables import estimate, estimate_of, number
@@ -239,6 +240,10 @@ def build_document(analysis: Analysis, figures: Sequence[Figure]) -> Document:
         sections.append(Section("Skipped", ("Left out of every table; nothing was changed or deleted.", Bullets(tuple(str(s) for s in analysis.skipped)))))
     if analysis.notes:
         sections.append(Section("Not compared", (Bullets(tuple(analysis.notes)),)))
+    leaked = not_held_out(loaded.runs)
+    if leaked:
+        intro = "Evaluated examples whose input is in the train split the run trained on or drew its shots from: their scores measure recall, not generalisation."
+        sections.append(Section("Not held out", (intro, Bullets(tuple(leaked)))))
     short = short_prompts(loaded.table)
     if short:
         intro = "Filed under the shots asked for, but some prompts held fewer (a dataset with too few train examples, or shots dropped to fit the context):"

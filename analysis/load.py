@@ -135,6 +135,8 @@ class RunInfo:
     """The rows' `prompt_format` ('chat' | 'plain'; several joined by '+'); None when the shards predate the column."""
     protocol: str | None = None
     """The rows' `protocol` ('generate' | 'loglikelihood'); None when the shards predate the column."""
+    train_eval_overlap: dict[str, Any] = field(default_factory=dict)
+    """provenance.json `train_eval_overlap`: per dataset, examples `evaluated` and `in_train`; {} if unrecorded."""
 
     @property
     def name(self) -> str:
@@ -405,13 +407,24 @@ def load_runs(refs: Sequence[RunRef], show_progress: bool = True) -> Loaded:
         eval_set = _eval_set(p.manifest, p.provenance)
         stop = start + table.num_rows
         model_identity = p.provenance.get("model") if isinstance(p.provenance.get("model"), dict) else {}
+        overlap = p.provenance.get("train_eval_overlap") if isinstance(p.provenance.get("train_eval_overlap"), dict) else {}
         runs.append(
             RunInfo(
                 p.ref, p.manifest, p.metrics, identity["model"], identity["method"], identity["shots"], identity["decoding"], eval_set, start, stop,
-                model_identity, identity["prompt_format"], identity["protocol"],
+                model_identity, identity["prompt_format"], identity["protocol"], overlap,
             )
         )
         tables.append(table)
         start = stop
     table = pa.concat_tables(tables) if tables else empty_table()
     return Loaded(table, tuple(runs), tuple(skipped))
+
+
+def not_held_out(runs: Sequence[RunInfo]) -> list[str]:
+    """One line per run and dataset whose evaluated examples include inputs of the train split it read."""
+    lines = []
+    for run in runs:
+        for dataset, counts in sorted(run.train_eval_overlap.items()):
+            if isinstance(counts, dict) and counts.get("in_train"):
+                lines.append(f"{run.name} ({run.digest}): {counts['in_train']} of {counts.get('evaluated', '?')} evaluated {dataset} examples")
+    return lines

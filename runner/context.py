@@ -41,6 +41,10 @@ class DataRead:
     folder the examples `available` and the `ids` evaluated, in evaluation order."""
     train_sample: dict[str, Any]
     """The same for the training examples (and the shots drawn from them)."""
+    train_eval_overlap: dict[str, dict[str, int]]
+    """Per dataset whose train split the run reads: the examples `evaluated` and how many of them
+    (`in_train`) have an input identical to one of the training examples read. Not held out:
+    UnifiedQA's MultiRC files, for one, hold the same questions in train and dev."""
 
 
 def sample_examples(examples: Sequence[Example], limit: int | None, sample: str, seed: int, dataset: str) -> list[Example]:
@@ -98,7 +102,21 @@ def read_data(loaded: LoadedManifest) -> DataRead:
     )
     train_sample = _sample_record(data.max_train_examples, data.train_sample, data.train_sample_seed, train_chosen)
     eval_sample = _sample_record(data.max_eval_examples, data.eval_sample, data.eval_sample_seed, eval_chosen)
-    return DataRead(train_hashes, eval_hashes, tuple(train), tuple(evaluate), eval_sample, train_sample)
+    return DataRead(train_hashes, eval_hashes, tuple(train), tuple(evaluate), eval_sample, train_sample, train_eval_overlap(train, evaluate))
+
+
+def train_eval_overlap(train: Sequence[Example], evaluate: Sequence[Example]) -> dict[str, dict[str, int]]:
+    """Per dataset with training examples: evaluated examples, and those whose input a training example has."""
+    inputs: dict[str, set[str]] = {}
+    for example in train:
+        inputs.setdefault(example.dataset, set()).add(example.input)
+    overlap: dict[str, dict[str, int]] = {}
+    for example in evaluate:
+        if example.dataset in inputs:
+            counts = overlap.setdefault(example.dataset, {"evaluated": 0, "in_train": 0})
+            counts["evaluated"] += 1
+            counts["in_train"] += example.input in inputs[example.dataset]
+    return overlap
 
 
 def _sample_record(cap: int | None, sample: str, seed: int, chosen: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -48,6 +48,7 @@ def record_provenance(context: RunContext, device: str) -> None:
 
     record = provenance.collect(device, context.model.as_dict(), {**context.data.train_hashes, **context.data.eval_hashes}, context.keys.digest)
     record["eval_sample"] = context.data.eval_sample
+    record["train_eval_overlap"] = context.data.train_eval_overlap
     record["training"] = context.training.keys.digest if context.training else None
     # The resolved manifest (manifest.yaml) holds their values; this says they came from the command line.
     record["overrides"] = [str(override) for override in context.loaded.overrides]

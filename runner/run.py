@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runner import distributed
-from runner.console import log
+from runner.console import error, log
 from runner.context import RunContext, build_context
 from runner.errors import UserError
 from runner.storage import CorruptObject
@@ -98,6 +98,13 @@ def check_inputs(context: RunContext) -> None:
         first = unanswerable_rows[0]
         raise UserError(f"data: {len(unanswerable_rows)} evaluated example(s), e.g. {first.id}: " + unanswerable(context.manifest.eval.protocol, first.dataset, first.format))
     context.decoding.check(context.manifest.decoding, context)
+    use = "trains on" if context.training is not None else "draws its shots from"
+    for dataset, counts in context.data.train_eval_overlap.items() if distributed.is_main() else ():
+        if counts["in_train"]:
+            error(
+                f"warning: {counts['in_train']} of the {counts['evaluated']} evaluated {dataset} examples have the input of an example "
+                f"in the {context.manifest.data.train_split} split this run {use}: their scores are not held out (provenance.json: train_eval_overlap)"
+            )
 
 
 def train_stages(context: RunContext, wait: bool) -> dict[str, Any] | None:
