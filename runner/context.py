@@ -43,8 +43,8 @@ class DataRead:
     """The same for the training examples (and the shots drawn from them)."""
     train_eval_overlap: dict[str, dict[str, int]]
     """Per dataset whose train split the run reads: the examples `evaluated` and how many of them
-    (`in_train`) have an input identical to one of the training examples read. Not held out:
-    UnifiedQA's MultiRC files, for one, hold the same questions in train and dev."""
+    (`in_train`) have an input identical to one of the training examples read: not held out
+    (UnifiedQA's MultiRC encoding is noted to write the same questions into train and dev)."""
 
 
 def sample_examples(examples: Sequence[Example], limit: int | None, sample: str, seed: int, dataset: str) -> list[Example]:

@@ -1,6 +1,6 @@
 """An evaluated example whose input is also in the train split the run trains on (or draws shots
 from) is counted per dataset, warned about and recorded in provenance.json: its score is not held out.
-UnifiedQA's MultiRC train and dev files hold the same questions; other datasets' splits do not overlap."""
+The check compares inputs, whatever the dataset (UnifiedQA's MultiRC encoding is noted to repeat its questions)."""
 
 from __future__ import annotations
 
