@@ -60,13 +60,16 @@ def test_first_keeps_the_first_n_and_a_cap_above_the_size_takes_everything():
         assert sample_examples(examples, None, sample, 0, "boolq") == examples
 
 
-def _manifest(folder: Path, name: str, small_data: Path, tiny_models, **data) -> Path:
+def _manifest(folder: Path, name: str, small_data: Path, tiny_models, training: bool = False, **data) -> Path:
+    """A tiny model's manifest over the small data; `training`: a 2-step LoRA training first."""
+    trains = {"method": {"kind": "lora", "r": 2, "alpha": 4, "target_modules": "attention"},
+              "train": {"steps": 2, "batch_size": 2, "learning_rate": 1e-3, "heldout_examples": 0}}
     return write_manifest(
         folder,
         name,
         model={"path": str(tiny_models["llama"])},
         data={"root": str(small_data), "datasets": SYNTHETIC, **data},
-        method={"kind": "none"},
+        **(trains if training else {"method": {"kind": "none"}}),
         decoding={"kind": "greedy", "max_new_tokens": 4, "batch_size": 4},
     )
 
@@ -147,21 +150,9 @@ def test_a_bad_sample_setting_is_rejected_at_its_line(lines, field, message, tmp
     assert "Traceback" not in err
 
 
-def _training_manifest(folder: Path, name: str, small_data: Path, tiny_models, **data) -> Path:
-    return write_manifest(
-        folder,
-        name,
-        model={"path": str(tiny_models["llama"])},
-        data={"root": str(small_data), "datasets": SYNTHETIC, **data},
-        method={"kind": "lora", "r": 2, "alpha": 4, "target_modules": "attention"},
-        train={"steps": 2, "batch_size": 2, "learning_rate": 1e-3, "heldout_examples": 0},
-        decoding={"kind": "greedy", "max_new_tokens": 2, "batch_size": 4},
-    )
-
-
 def test_training_takes_the_first_n_unless_asked_for_a_seeded_sample_and_records_which(tmp_path, small_data, tiny_models):
     def read(name: str, **data):
-        return read_data(load_manifest(_training_manifest(tmp_path, name, small_data, tiny_models, **data)))
+        return read_data(load_manifest(_manifest(tmp_path, name, small_data, tiny_models, training=True, **data)))
 
     first = read("first", max_train_examples=5)
     per_dataset = {d: [e for e in first.train if e.dataset == d] for d in SYNTHETIC}
@@ -198,7 +189,7 @@ def test_the_training_sample_is_in_the_identity_only_where_it_chooses(tmp_path, 
 
 def test_a_trainings_provenance_lists_the_examples_it_trained_on(tmp_path, small_data, tiny_models):
     sample = {"max_train_examples": 4, "train_sample": "random", "train_sample_seed": 1, "max_eval_examples": 1}
-    manifest = _training_manifest(tmp_path / "manifests", "sampled-training", small_data, tiny_models, **sample)
+    manifest = _manifest(tmp_path / "manifests", "sampled-training", small_data, tiny_models, training=True, **sample)
     assert main(["run", str(manifest), "--storage", str(tmp_path / "runs")]) == 0
     _, training = stage_folders(manifest, tmp_path / "runs")
     recorded = json.loads((training / "provenance.json").read_text())["train_sample"]

@@ -12,38 +12,36 @@ from conftest import REPO, stage_folders
 from runner.cli import main
 
 
-def _scalars(folder) -> dict[str, dict[int, float]]:
-    """tag → step → value from TensorBoard event files (TFRecord: length, crc, Event proto, crc)."""
+def _events(folder):
+    """Every Event of the folder's event files, files in name (time) order (TFRecord: length, crc, Event proto, crc)."""
     from tensorboardX.proto import event_pb2
 
-    found: dict[str, dict[int, float]] = {}
     for file in sorted(folder.rglob("events.out.tfevents.*")):
         data, offset = file.read_bytes(), 0
         while offset < len(data):
             (length,) = struct.unpack("<Q", data[offset : offset + 8])
-            event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
+            yield event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
             offset += 12 + length + 4
-            for value in event.summary.value:
-                found.setdefault(value.tag, {})[event.step] = value.simple_value
+
+
+def _scalars(folder) -> dict[str, dict[int, float]]:
+    """tag → step → value from TensorBoard event files."""
+    found: dict[str, dict[int, float]] = {}
+    for event in _events(folder):
+        for value in event.summary.value:
+            found.setdefault(value.tag, {})[event.step] = value.simple_value
     return found
 
 
 def _as_tensorboard_shows(folder) -> dict[str, list[tuple[int, float]]]:
-    """tag → [(step, value)] as TensorBoard's reader keeps them: files in name (time) order, and a
-    session START event at step S drops the events read so far at steps S and later."""
-    from tensorboardX.proto import event_pb2
-
+    """tag → [(step, value)] as TensorBoard's reader keeps them: a session START event at step S
+    drops the events read so far at steps S and later."""
     shown: dict[str, list[tuple[int, float]]] = {}
-    for file in sorted(folder.rglob("events.out.tfevents.*")):
-        data, offset = file.read_bytes(), 0
-        while offset < len(data):
-            (length,) = struct.unpack("<Q", data[offset : offset + 8])
-            event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
-            offset += 12 + length + 4
-            if event.HasField("session_log") and event.session_log.status == event.session_log.START:
-                shown = {tag: [(step, v) for step, v in points if step < event.step] for tag, points in shown.items()}
-            for value in event.summary.value:
-                shown.setdefault(value.tag, []).append((event.step, value.simple_value))
+    for event in _events(folder):
+        if event.HasField("session_log") and event.session_log.status == event.session_log.START:
+            shown = {tag: [(step, v) for step, v in points if step < event.step] for tag, points in shown.items()}
+        for value in event.summary.value:
+            shown.setdefault(value.tag, []).append((event.step, value.simple_value))
     return shown
 
 
