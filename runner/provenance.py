@@ -53,7 +53,11 @@ def device_info(device: str) -> dict[str, Any]:
     """The accelerator (or CPU) the run used."""
     import torch
 
-    info: dict[str, Any] = {"device": device, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+    # torch.__version__ names the build (2.13.0+cpu, +cu130); the package metadata in `packages` does not.
+    info: dict[str, Any] = {
+        "device": device, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "torch_build": torch.__version__, "torch_cuda_build": torch.version.cuda,
+    }
     if device == "cuda":
         props = torch.cuda.get_device_properties(0)
         info.update(gpu=props.name, gpu_memory_bytes=props.total_memory, cuda=torch.version.cuda)

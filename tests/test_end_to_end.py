@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from analysis.cli import main as analysis_main
 from runner.cli import main
@@ -75,6 +76,8 @@ def test_lora_manifest_runs_end_to_end_and_rerun_is_a_no_op(tiny_manifest, tmp_p
     assert metrics["train"]["steps"] == 4 and 0 < metrics["train"]["trainable_parameters"] < metrics["train"]["total_parameters"]
     provenance = json.loads((run / "provenance.json").read_text())
     assert provenance["model"]["folder_sha256"] and provenance["packages"]["transformers"]
+    # The build of torch (its metadata version says 2.13.0 for the CPU and the CUDA wheels alike).
+    assert (provenance["device"]["torch_build"], provenance["device"]["torch_cuda_build"]) == (torch.__version__, torch.version.cuda)
     assert len(provenance["data"]) == 8  # train and dev of four datasets
 
     before = _mtimes(run)

@@ -16,6 +16,7 @@ from conftest import REPO
 ENGINE = REPO / "docker" / "engine.sh"
 BUILD = REPO / "docker" / "build.sh"
 TEST_IMAGE = "localhost/qabench-cpu:container-tier"
+TEST_CUDA_IMAGE = "localhost/qabench:container-tier"
 MEASURED: list[tuple[str, str]] = []
 """(what, value) pairs the tier measured, printed at the end of the run for docker/README.md."""
 
@@ -39,12 +40,12 @@ def engine_name() -> str:
     return found.stdout.strip()
 
 
-def build_cpu_image(tag: str, context=REPO, git_sha: str | None = None) -> tuple[int, int]:
-    """Build the CPU image from `context` (a checkout) as `tag`; (seconds, bytes)."""
-    env = {**os.environ, "QABENCH_CPU_IMAGE": tag}
+def build_cpu_image(tag: str, context=REPO, git_sha: str | None = None, target: str = "cpu") -> tuple[int, int]:
+    """Build the CPU (or, `target="cuda"`, the CUDA) image from `context` (a checkout) as `tag`; (seconds, bytes)."""
+    env = {**os.environ, "QABENCH_CPU_IMAGE" if target == "cpu" else "QABENCH_IMAGE": tag}
     if git_sha:
         env["QABENCH_BUILD_SHA"] = git_sha
-    built = subprocess.run([str(context / "docker" / "build.sh"), "cpu"], capture_output=True, text=True, env=env, timeout=3600)
+    built = subprocess.run([str(context / "docker" / "build.sh"), target], capture_output=True, text=True, env=env, timeout=3600)
     assert built.returncode == 0, built.stderr[-4000:]
     _, seconds, size = built.stdout.split()
     return int(seconds), int(size)
@@ -56,3 +57,11 @@ def cpu_image(engine_name) -> str:
     seconds, size = build_cpu_image(TEST_IMAGE)
     MEASURED.append(("CPU image build (this checkout, engine cache as found)", f"{seconds} s, {size / 1e9:.2f} GB"))
     return TEST_IMAGE
+
+
+@pytest.fixture(scope="session")
+def cuda_image(engine_name) -> str:
+    """The CUDA image of this checkout, run here without a GPU."""
+    seconds, size = build_cpu_image(TEST_CUDA_IMAGE, target="cuda")
+    MEASURED.append(("CUDA image build (this checkout, engine cache as found)", f"{seconds} s, {size / 1e9:.2f} GB"))
+    return TEST_CUDA_IMAGE

@@ -5,6 +5,7 @@ Each run mounts host folders the way a user would (`-v runs:/work/runs`), with n
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -210,3 +211,30 @@ def test_a_new_commit_reuses_every_layer_and_a_source_edit_reuses_the_dependency
         MEASURED.append(("build of a copied checkout (engine cache as found)", f"{first_seconds} s"))
     finally:
         engine("rmi", *tags)
+
+
+def test_the_cuda_image_trains_and_evaluates_a_tiny_model_without_a_gpu(cuda_image, tiny_models, small_data, tmp_path):
+    # Without a GPU the locked CUDA build of torch runs on the CPU: its packages (trl, peft,
+    # bitsandbytes, the runner) work together end to end, not just import.
+    model = shutil.copytree(tiny_models["llama"], tmp_path / "in" / "model")
+    shutil.copytree(small_data, tmp_path / "in" / "data")
+    manifest = {
+        "name": "cuda-image-tiny-lora",
+        "model": {"path": "/in/model"},
+        "data": {"root": "/in/data", "datasets": ["synthetic_yes_no"], "max_eval_examples": 4},
+        "method": {"kind": "lora", "r": 2, "alpha": 4, "target_modules": "attention"},
+        "train": {"steps": 2, "batch_size": 2, "learning_rate": 1.0e-3, "heldout_examples": 0},
+        "decoding": {"kind": "greedy", "max_new_tokens": 4, "batch_size": 4},
+    }
+    (tmp_path / "in" / "run.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    for path in [tmp_path / "in", *(tmp_path / "in").rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    runs = host_folder(tmp_path / "runs")
+    result = run_image(cuda_image, ["-v", f"{tmp_path / 'in'}:/in:ro", "-v", f"{runs}:/work/runs"], "/in/run.yaml")
+    MEASURED.append(("CUDA image: tiny LoRA training and evaluation on the CPU", f"exit {result.returncode}"))
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert len(list(runs.rglob("_SUCCESS"))) == 2 and model.is_dir()
+    evaluation = next(path.parent for path in runs.rglob("metrics.json") if (path.parent / "predictions").is_dir())
+    provenance = json.loads((evaluation / "provenance.json").read_text())
+    device = provenance["device"]
+    assert (device["device"], device["torch_cuda_build"]) == ("cpu", "13.0") and device["torch_build"].endswith("+cu130"), "the CUDA build of torch, on the CPU"
