@@ -45,7 +45,9 @@ build() {  # TAG DOCKERFILE EXTRA-ARGS...
 }
 
 if [ "$target" != cuda ]; then
-  wheels="${QABENCH_TORCH_WHEELS:-${PIP_FIND_LINKS:-}}"
+  wheels="${QABENCH_TORCH_WHEELS:-}"
+  # pip's own find-links folder only where it can be mounted (buildah); docker uses the index.
+  [ -n "$wheels" ] || [ "$kind" = docker ] || wheels="${PIP_FIND_LINKS:-}"
   torch=()
   if [ -n "$wheels" ] && compgen -G "$wheels/torch-*.whl" >/dev/null; then
     [ "$kind" != docker ] || { echo "QABENCH_TORCH_WHEELS: docker build cannot mount a folder; unset it to use the PyTorch CPU index" >&2; exit 2; }
