@@ -8,9 +8,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from runner.atomic import write_atomic
-from runner.filemodes import apply_umask_setting
 from runner.console import error
 from runner.errors import EXIT_DAMAGED, InfraError, UserError
+from runner.filemodes import apply_umask_setting
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -9,7 +9,6 @@ starting over.
 from __future__ import annotations
 
 import os
-
 from pathlib import Path
 
 from runner.console import log

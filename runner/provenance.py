@@ -60,7 +60,7 @@ def device_info(device: str) -> dict[str, Any]:
     }
     if device == "cuda":
         props = torch.cuda.get_device_properties(0)
-        info.update(gpu=props.name, gpu_memory_bytes=props.total_memory, cuda=torch.version.cuda)
+        info.update(gpu=props.name, gpu_memory_bytes=props.total_memory)
     return info
 
 

@@ -158,10 +158,8 @@ def _log_accumulators(trainer: Any) -> dict[str, Any]:
     """
     # Each rank sums its own losses; the next record averages the ranks' sums. Gathering is a
     # collective: every rank calls this.
-    by_rank = distributed.gather(trainer._tr_loss.item())  # float32 → Python float → float32 is exact
     return {
-        "tr_loss": by_rank[0],
-        "tr_loss_by_rank": by_rank,
+        "tr_loss_by_rank": distributed.gather(trainer._tr_loss.item()),  # float32 → Python float → float32 is exact
         "last_logged": trainer._globalstep_last_logged,
         "total_train_tokens": trainer._total_train_tokens,
         "metrics": {key: list(values) for key, values in trainer._metrics["train"].items()},
@@ -179,8 +177,9 @@ def _restore_log_accumulators(checkpoint: Path, trainer: Any):
             if not path.is_file():
                 return  # saved before the sums travelled with checkpoints
             saved = json.loads(path.read_text())
-            by_rank = saved.get("tr_loss_by_rank", [saved["tr_loss"]])
-            if len(by_rank) == distributed.world_size():  # saved before the ranks' sums were: rank 0's would misstate the others'
+            # Older checkpoints hold "tr_loss", rank 0's sum alone: right for one process, not for several.
+            by_rank = saved["tr_loss_by_rank"] if "tr_loss_by_rank" in saved else [saved["tr_loss"]]
+            if len(by_rank) == distributed.world_size():
                 trainer._tr_loss.fill_(by_rank[distributed.rank()])
             trainer._globalstep_last_logged = saved["last_logged"]
             trainer._total_train_tokens = saved["total_train_tokens"]

@@ -156,3 +156,18 @@ def test_run_killed_and_rerun_is_bit_identical_in_s3(case, manifest, uninterrupt
     pulled = tmp_path / "pulled"
     assert main(["pull", uri, str(pulled)]) == 0
     _assert_same(_outcome(*stage_folders(manifest, pulled)), uninterrupted)
+
+
+def test_a_checkpoint_from_before_the_ranks_sums_travelled_still_restores_one_process_loss_sum(tmp_path):
+    import types
+
+    import torch
+
+    from runner.train import CHECKPOINT_LOG_STATE, _restore_log_accumulators
+
+    saved = {"tr_loss": 1.25, "last_logged": 4, "total_train_tokens": 99, "metrics": {"entropy": [0.5]}}
+    (tmp_path / CHECKPOINT_LOG_STATE).write_text(json.dumps(saved))
+    trainer = types.SimpleNamespace(_tr_loss=torch.tensor(0.0), _globalstep_last_logged=0, _total_train_tokens=0, _metrics={"train": {}})
+    _restore_log_accumulators(tmp_path, trainer).on_train_begin(None, None, None)
+    assert (trainer._tr_loss.item(), trainer._globalstep_last_logged, trainer._total_train_tokens) == (1.25, 4, 99)
+    assert trainer._metrics["train"] == {"entropy": [0.5]}

@@ -40,7 +40,7 @@ def engine_name() -> str:
     return found.stdout.strip()
 
 
-def build_cpu_image(tag: str, context=REPO, git_sha: str | None = None, target: str = "cpu") -> tuple[int, int]:
+def build_image(tag: str, context=REPO, git_sha: str | None = None, target: str = "cpu") -> tuple[int, int]:
     """Build the CPU (or, `target="cuda"`, the CUDA) image from `context` (a checkout) as `tag`; (seconds, bytes)."""
     env = {**os.environ, "QABENCH_CPU_IMAGE" if target == "cpu" else "QABENCH_IMAGE": tag}
     if git_sha:
@@ -54,7 +54,7 @@ def build_cpu_image(tag: str, context=REPO, git_sha: str | None = None, target: 
 @pytest.fixture(scope="session")
 def cpu_image(engine_name) -> str:
     """The CPU image of this checkout (layers cached by the engine, so a rebuild is quick)."""
-    seconds, size = build_cpu_image(TEST_IMAGE)
+    seconds, size = build_image(TEST_IMAGE)
     MEASURED.append(("CPU image build (this checkout, engine cache as found)", f"{seconds} s, {size / 1e9:.2f} GB"))
     return TEST_IMAGE
 
@@ -62,6 +62,6 @@ def cpu_image(engine_name) -> str:
 @pytest.fixture(scope="session")
 def cuda_image(engine_name) -> str:
     """The CUDA image of this checkout, run here without a GPU."""
-    seconds, size = build_cpu_image(TEST_CUDA_IMAGE, target="cuda")
+    seconds, size = build_image(TEST_CUDA_IMAGE, target="cuda")
     MEASURED.append(("CUDA image build (this checkout, engine cache as found)", f"{seconds} s, {size / 1e9:.2f} GB"))
     return TEST_CUDA_IMAGE

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from container.conftest import ENGINE, MEASURED, build_cpu_image, engine
+from container.conftest import ENGINE, MEASURED, build_image, engine
 from runner.preemption import EXIT_PREEMPTED
 
 pytestmark = pytest.mark.container
@@ -191,8 +191,8 @@ def test_a_new_commit_reuses_every_layer_and_a_source_edit_reuses_the_dependency
     context = _checkout_copy(tmp_path / "checkout")
     tags = [f"localhost/qabench-cpu:layer-test-{i}" for i in range(3)]
     try:
-        first_seconds, _ = build_cpu_image(tags[0], context, git_sha="a" * 40)
-        second_seconds, _ = build_cpu_image(tags[1], context, git_sha="b" * 40)
+        first_seconds, _ = build_image(tags[0], context, git_sha="a" * 40)
+        second_seconds, _ = build_image(tags[1], context, git_sha="b" * 40)
         first, second = _layers(tags[0]), _layers(tags[1])
         assert first[:-1] == second[:-1] and first[-1] != second[-1], "a new commit adds one layer (/app/GIT_SHA) and rebuilds nothing else"
         for tag, sha in zip(tags[:2], ["a" * 40, "b" * 40]):
@@ -201,7 +201,7 @@ def test_a_new_commit_reuses_every_layer_and_a_source_edit_reuses_the_dependency
 
         source = context / "runner" / "__init__.py"
         source.write_text(source.read_text() + "# one-line source edit\n")
-        edited_seconds, _ = build_cpu_image(tags[2], context, git_sha="c" * 40)
+        edited_seconds, _ = build_image(tags[2], context, git_sha="c" * 40)
         before, after = _layers(tags[0]), _layers(tags[2])
         reused = len(before) - _layers_after_dependencies(REPO / "docker" / "Dockerfile.cpu")
         assert after[:reused] == before[:reused], "the base, system-package and dependency layers are reused"
